@@ -1,0 +1,11 @@
+//! The Rust core of Phoenix. Everything but `python` is plain Rust, tested with `cargo test`;
+//! `python` is the one thin layer that converts types, releases the GIL and bridges async.
+
+pub mod cache;
+pub mod checks;
+pub mod render;
+pub mod routes;
+pub mod subsystems;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,628 @@
+//! The only module that touches Python: it converts types, releases the GIL around blocking work and
+//! bridges tokio with asyncio. Everything it calls is plain Rust from the sibling modules.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use futures::future::{ready, FutureExt};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3_async_runtimes::TaskLocals;
+use tokio::runtime::Runtime;
+
+use crate::cache::{Entry, Lookup, TtlCache};
+use crate::checks::{start_round, CheckFuture, CheckResult, Probe, Report, Subsystem};
+use crate::render;
+use crate::routes::{route, Endpoint, Route, ALLOWED_METHODS};
+use crate::subsystems::Phoenix;
+
+fn runtime() -> &'static Runtime {
+    pyo3_async_runtimes::tokio::get_runtime()
+}
+
+/// A rendered response, turned into Python objects once, by the first request that reads it, so that
+/// rounds finishing on a tokio thread never wait for the GIL.
+struct Rendered {
+    status: u16,
+    body: Vec<u8>,
+    python: OnceLock<(Py<PyTuple>, Py<PyTuple>)>,
+}
+
+impl Rendered {
+    fn new(status: u16, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            body,
+            python: OnceLock::new(),
+        }
+    }
+
+    /// The `(status, headers, body)` tuple for GET, or the same without a body for HEAD; the same
+    /// objects on every call, so a cache hit allocates nothing.
+    fn response(&self, py: Python<'_>, headers: &Py<PyList>, head: bool) -> Py<PyTuple> {
+        let (get, head_only) = self.python.get_or_init(|| {
+            let tuple = |body: &[u8]| {
+                PyTuple::new(
+                    py,
+                    [
+                        self.status.into_pyobject(py).unwrap().into_any(),
+                        headers.bind(py).clone().into_any(),
+                        PyBytes::new(py, body).into_any(),
+                    ],
+                )
+                .expect("a three-item tuple")
+                .unbind()
+            };
+            (tuple(&self.body), tuple(b""))
+        });
+        if head { head_only } else { get }.clone_ref(py)
+    }
+}
+
+struct Inner {
+    started: Instant,
+    health: Arc<TtlCache<Rendered>>,
+    ready: Arc<TtlCache<Rendered>>,
+    subsystems: ArcSwap<Vec<Arc<Subsystem>>>,
+    check_timeout: Duration,
+    phoenix: OnceLock<Arc<Phoenix>>,
+    /// The event loop that `async def` checks run on.
+    event_loop: Arc<ArcSwapOption<TaskLocals>>,
+    running: AtomicBool,
+    json_headers: Py<PyList>,
+    not_allowed_headers: Py<PyList>,
+}
+
+impl Inner {
+    fn render_health(&self) -> Rendered {
+        Rendered::new(
+            200,
+            render::health(self.started.elapsed(), SystemTime::now()),
+        )
+    }
+
+    fn health(&self, py: Python<'_>, head: bool) -> Py<PyTuple> {
+        let headers = &self.json_headers;
+        if let Some(hit) = self.health.read_fresh(|r| r.response(py, headers, head)) {
+            return hit;
+        }
+        let entry = match (self.health.try_begin_refresh(), self.health.lookup()) {
+            (Some(refresh), _) => refresh.finish(self.render_health()),
+            (None, Lookup::Fresh(entry) | Lookup::Stale(entry)) => entry,
+            // Someone else is rendering and nothing servable is left: rendering is cheap, so render
+            // for this request only rather than wait.
+            (None, Lookup::Missing) => Arc::new(Entry {
+                value: self.render_health(),
+                born: Instant::now(),
+            }),
+        };
+        entry.value.response(py, headers, head)
+    }
+
+    /// Starts a check round unless one is already in flight. The probes start here, on the calling
+    /// thread, so that Python checks are called with the GIL the caller already holds.
+    fn refresh_ready(self: &Arc<Self>) {
+        let Some(refresh) = self.ready.try_begin_refresh() else {
+            return;
+        };
+        let subsystems = self.subsystems.load_full();
+        let round = start_round(&subsystems, runtime().handle());
+        runtime().spawn(async move {
+            let (status, body) = render::ready(&round.await);
+            refresh.finish(Rendered::new(status, body));
+        });
+    }
+
+    /// A servable `/ready` response if there is one, starting a refresh when it is due.
+    fn ready_now(self: &Arc<Self>, py: Python<'_>, head: bool) -> Option<Py<PyTuple>> {
+        let headers = &self.json_headers;
+        if let Some(hit) = self.ready.read_fresh(|r| r.response(py, headers, head)) {
+            return Some(hit);
+        }
+        self.refresh_ready();
+        match self.ready.lookup() {
+            Lookup::Fresh(entry) | Lookup::Stale(entry) => {
+                Some(entry.value.response(py, headers, head))
+            }
+            Lookup::Missing => None,
+        }
+    }
+
+    fn error(&self, py: Python<'_>, code: u16) -> Py<PyTuple> {
+        let headers = if code == 405 {
+            &self.not_allowed_headers
+        } else {
+            &self.json_headers
+        };
+        Rendered::new(code, render::error(code, SystemTime::now())).response(py, headers, false)
+    }
+}
+
+/// The kernel's engine: caches, subsystems and routing. `phoenix.Kernel` is its Python face.
+#[pyclass(frozen, module = "phoenix._core")]
+struct Core(Arc<Inner>);
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (health_ttl_ms = 100, ready_ttl_ms = 100, check_timeout_ms = 500))]
+    fn new(
+        py: Python<'_>,
+        health_ttl_ms: u64,
+        ready_ttl_ms: u64,
+        check_timeout_ms: u64,
+    ) -> PyResult<Self> {
+        if check_timeout_ms == 0 {
+            return Err(PyValueError::new_err("check_timeout_ms must be positive"));
+        }
+        let headers = |extra: Option<(&str, &str)>| -> PyResult<Py<PyList>> {
+            let list = PyList::empty(py);
+            list.append(("content-type", "application/json"))?;
+            if let Some(pair) = extra {
+                list.append(pair)?;
+            }
+            Ok(list.unbind())
+        };
+        let ttl = |ms| Duration::from_millis(ms);
+        let inner = Inner {
+            started: Instant::now(),
+            // A stale entry may be served for one more TTL while its refresh runs; past that, callers
+            // wait for the fresh one.
+            health: Arc::new(TtlCache::new(ttl(health_ttl_ms), ttl(health_ttl_ms))),
+            ready: Arc::new(TtlCache::new(ttl(ready_ttl_ms), ttl(ready_ttl_ms))),
+            subsystems: ArcSwap::from_pointee(Vec::new()),
+            check_timeout: ttl(check_timeout_ms),
+            phoenix: OnceLock::new(),
+            event_loop: Arc::new(ArcSwapOption::empty()),
+            running: AtomicBool::new(false),
+            json_headers: headers(None)?,
+            not_allowed_headers: headers(Some(("allow", ALLOWED_METHODS)))?,
+        };
+        inner.health.insert(inner.render_health());
+        Ok(Self(Arc::new(inner)))
+    }
+
+    /// Answers a request from the caches: a `(status, headers, body)` tuple, or `None` when `/ready`
+    /// has nothing servable yet and the caller must `await ready_wait(head)`.
+    fn route(&self, py: Python<'_>, method: &str, path: &str) -> Option<Py<PyTuple>> {
+        match route(method, path) {
+            Route::Serve {
+                endpoint: Endpoint::Health,
+                head,
+            } => Some(self.0.health(py, head)),
+            Route::Serve {
+                endpoint: Endpoint::Ready,
+                head,
+            } => self.0.ready_now(py, head),
+            Route::MethodNotAllowed => Some(self.0.error(py, 405)),
+            Route::NotFound => Some(self.0.error(py, 404)),
+        }
+    }
+
+    /// Waits for the round in flight (single-flight: all waiters share it) and returns its response.
+    fn ready_wait<'py>(&self, py: Python<'py>, head: bool) -> PyResult<Bound<'py, PyAny>> {
+        let inner = Arc::clone(&self.0);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            loop {
+                if let Some(entry) = inner.ready.wait_servable().await {
+                    return Python::attach(|py| {
+                        Ok(entry.value.response(py, &inner.json_headers, head))
+                    });
+                }
+                // The round we waited for was abandoned; start another.
+                Python::attach(|_| inner.refresh_ready());
+            }
+        })
+    }
+
+    /// The JSON error response for `code`, e.g. 500 when the glue itself failed.
+    fn error_response(&self, py: Python<'_>, code: u16) -> Py<PyTuple> {
+        self.0.error(py, code)
+    }
+
+    /// Runs one uncached round now and returns `(ready, status, body)`.
+    fn check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.bind_current_loop(py)?;
+        let subsystems = self.0.subsystems.load_full();
+        let round = start_round(&subsystems, runtime().handle());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let report: Report = round.await;
+            let (status, body) = render::ready(&report);
+            Ok((report.ready, status, body))
+        })
+    }
+
+    /// Registers a Python check. `func` is called with no arguments on every round; `is_async` says
+    /// whether it returns a coroutine (run on the kernel's event loop) or a value (run in a thread).
+    #[pyo3(signature = (name, func, is_async, threshold, timeout_ms = None))]
+    fn add_check(
+        &self,
+        name: String,
+        func: Py<PyAny>,
+        is_async: bool,
+        threshold: f64,
+        timeout_ms: Option<u64>,
+    ) -> PyResult<()> {
+        let probe = PyProbe {
+            func: Arc::new(func),
+            is_async,
+            event_loop: Arc::clone(&self.0.event_loop),
+        };
+        self.add(name, "metric", threshold, timeout_ms, Box::new(probe))
+    }
+
+    /// Adds the three native Phoenix subsystems over `data_dir` and returns their Python handles
+    /// `(memory, conscience, world)`. Nothing touches the disk until `start`.
+    fn add_phoenix(
+        &self,
+        data_dir: PathBuf,
+    ) -> PyResult<(PlasticLtm, TriuneConscience, WorldModel)> {
+        let phoenix = Phoenix::new(&data_dir);
+        if self.0.phoenix.set(Arc::clone(&phoenix)).is_err() {
+            return Err(PyRuntimeError::new_err(
+                "this kernel already has the Phoenix subsystems",
+            ));
+        }
+        for subsystem in phoenix.subsystems(self.0.check_timeout) {
+            self.insert(subsystem)?;
+        }
+        Ok((
+            PlasticLtm(Arc::clone(&phoenix)),
+            TriuneConscience(Arc::clone(&phoenix)),
+            WorldModel(phoenix),
+        ))
+    }
+
+    /// Starts background work (native initialisation, periodic refreshes) once per process, and binds
+    /// `event_loop` (or the running loop) as the loop that `async def` checks run on.
+    #[pyo3(signature = (event_loop = None))]
+    fn start(&self, py: Python<'_>, event_loop: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        match event_loop {
+            Some(event_loop) => self.0.event_loop.store(Some(Arc::new(
+                TaskLocals::new(event_loop).copy_context(py)?,
+            ))),
+            None => self.bind_current_loop(py)?,
+        }
+        if self.0.running.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(phoenix) = self.0.phoenix.get() {
+            let rt = runtime();
+            let init = Arc::clone(phoenix);
+            rt.spawn_blocking(move || init.initialise());
+            rt.spawn(Phoenix::keep_system_entry_fresh(
+                Arc::downgrade(phoenix),
+                crate::subsystems::SYSTEM_REFRESH,
+            ));
+        }
+        Ok(())
+    }
+
+    /// True once the native subsystems (if any) have finished initialising.
+    #[getter]
+    fn initialised(&self) -> bool {
+        self.0.phoenix.get().is_none_or(|p| p.is_initialised())
+    }
+
+    /// Registered subsystem names, in order.
+    #[getter]
+    fn subsystem_names(&self) -> Vec<String> {
+        self.0
+            .subsystems
+            .load()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+}
+
+impl Core {
+    fn bind_current_loop(&self, py: Python<'_>) -> PyResult<()> {
+        if let Ok(locals) = pyo3_async_runtimes::tokio::get_current_locals(py) {
+            self.0.event_loop.store(Some(Arc::new(locals)));
+        }
+        Ok(())
+    }
+
+    fn add(
+        &self,
+        name: String,
+        measurement: &str,
+        threshold: f64,
+        timeout_ms: Option<u64>,
+        probe: Box<dyn Probe>,
+    ) -> PyResult<()> {
+        if !threshold.is_finite() {
+            return Err(PyValueError::new_err("threshold must be a finite number"));
+        }
+        let timeout = match timeout_ms {
+            Some(0) => return Err(PyValueError::new_err("timeout_ms must be positive")),
+            Some(ms) => Duration::from_millis(ms),
+            None => self.0.check_timeout,
+        };
+        self.insert(Subsystem::new(name, measurement, threshold, timeout, probe))
+    }
+
+    fn insert(&self, subsystem: Subsystem) -> PyResult<()> {
+        if self
+            .0
+            .subsystems
+            .load()
+            .iter()
+            .any(|s| s.name == subsystem.name)
+        {
+            return Err(PyValueError::new_err(format!(
+                "a subsystem named {:?} is already registered",
+                subsystem.name
+            )));
+        }
+        let subsystem = Arc::new(subsystem);
+        self.0.subsystems.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(Arc::clone(&subsystem));
+            next
+        });
+        Ok(())
+    }
+}
+
+/// A user's check written in Python.
+struct PyProbe {
+    func: Arc<Py<PyAny>>,
+    is_async: bool,
+    event_loop: Arc<ArcSwapOption<TaskLocals>>,
+}
+
+/// `ValueError: boom`: the type and message, never a traceback or a file path.
+fn describe(py: Python<'_>, err: &PyErr) -> String {
+    let kind = err
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".to_owned());
+    match err.value(py).str() {
+        Ok(text) if !text.to_string_lossy().is_empty() => {
+            format!("{kind}: {}", text.to_string_lossy())
+        }
+        _ => kind,
+    }
+}
+
+/// A check's return value as a metric: `True`/`False` mean 1.0/0.0, numbers are taken as they are.
+fn metric(value: &Bound<'_, PyAny>) -> CheckResult {
+    if let Ok(flag) = value.cast::<pyo3::types::PyBool>() {
+        return Ok(if flag.is_true() { 1.0 } else { 0.0 });
+    }
+    value.extract::<f64>().map_err(|_| {
+        let kind = value
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        format!("check returned {kind}, expected a float or a bool")
+    })
+}
+
+impl Probe for PyProbe {
+    fn start(&self) -> CheckFuture {
+        if !self.is_async {
+            let func = Arc::clone(&self.func);
+            return async move {
+                let call = move || {
+                    Python::attach(|py| match func.call0(py) {
+                        Ok(value) => metric(value.bind(py)),
+                        Err(err) => Err(describe(py, &err)),
+                    })
+                };
+                tokio::task::spawn_blocking(call)
+                    .await
+                    .unwrap_or_else(|_| Err("check thread failed".to_owned()))
+            }
+            .boxed();
+        }
+        let Some(locals) = self.event_loop.load_full() else {
+            return ready(Err("no event loop to run async checks on".to_owned())).boxed();
+        };
+        Python::attach(|py| {
+            let started = self.func.call0(py).and_then(|coro| {
+                pyo3_async_runtimes::into_future_with_locals(&locals, coro.into_bound(py))
+            });
+            match started {
+                Ok(running) => async move {
+                    let outcome = running.await;
+                    Python::attach(|py| match outcome {
+                        Ok(value) => metric(value.bind(py)),
+                        Err(err) => Err(describe(py, &err)),
+                    })
+                }
+                .boxed(),
+                Err(err) => ready(Err(describe(py, &err))).boxed(),
+            }
+        })
+    }
+}
+
+fn with_store<T>(
+    py: Python<'_>,
+    phoenix: &Phoenix,
+    work: impl FnOnce(
+            &crate::subsystems::plastic_ltm::PlasticLtm,
+        ) -> Result<T, crate::subsystems::plastic_ltm::LtmError>
+        + Send,
+) -> PyResult<T>
+where
+    T: Send,
+{
+    py.detach(|| match phoenix.memory() {
+        Ok(store) => work(store).map_err(|e| e.to_string()),
+        Err(why) => Err(format!("plastic_ltm unavailable: {why}")),
+    })
+    .map_err(PyRuntimeError::new_err)
+}
+
+/// Persistent long-term memory (`kernel.memory`). Calls before start-up has finished wait for the store.
+#[pyclass(frozen, module = "phoenix._core")]
+struct PlasticLtm(Arc<Phoenix>);
+
+#[pymethods]
+impl PlasticLtm {
+    /// Stores `data` with its `metadata` and returns the new record's id.
+    #[pyo3(signature = (data, metadata = None))]
+    fn store(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> PyResult<u64> {
+        let metadata = metadata.unwrap_or_default();
+        with_store(py, &self.0, |s| s.store(data, &metadata))
+    }
+
+    /// Returns `(data, metadata)`; raises `KeyError` for an unknown id.
+    fn retrieve<'py>(
+        &self,
+        py: Python<'py>,
+        id: u64,
+    ) -> PyResult<(Bound<'py, PyBytes>, BTreeMap<String, String>)> {
+        match with_store(py, &self.0, |s| s.retrieve(id))? {
+            Some((data, metadata)) => Ok((PyBytes::new(py, &data), metadata)),
+            None => Err(PyKeyError::new_err(id)),
+        }
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        let len = with_store(py, &self.0, |s| s.len())?;
+        usize::try_from(len).map_err(|_| PyRuntimeError::new_err("store too large"))
+    }
+
+    /// The integrity metric in [0, 1], measured now.
+    fn integrity(&self, py: Python<'_>) -> PyResult<f64> {
+        with_store(py, &self.0, |s| s.integrity().map(|i| i.metric))
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.0
+            .data_dir()
+            .join(crate::subsystems::plastic_ltm::FILE_NAME)
+    }
+}
+
+/// The kernel's axioms (`kernel.conscience`).
+#[pyclass(frozen, module = "phoenix._core")]
+struct TriuneConscience(Arc<Phoenix>);
+
+#[pymethods]
+impl TriuneConscience {
+    fn alignment(&self, py: Python<'_>) -> f64 {
+        py.detach(|| self.0.conscience().alignment())
+    }
+
+    /// The valid axioms as dicts with `id`, `statement` and `weight`.
+    fn axioms<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let set = py.detach(|| self.0.conscience());
+        set.axioms
+            .iter()
+            .map(|a| {
+                let d = PyDict::new(py);
+                d.set_item("id", &a.id)?;
+                d.set_item("statement", &a.statement)?;
+                d.set_item("weight", a.weight)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Where the axioms came from: a file path, or `built-in`.
+    #[getter]
+    fn source(&self, py: Python<'_>) -> String {
+        py.detach(|| self.0.conscience().source.clone())
+    }
+
+    /// What was wrong with the axioms file, one entry per problem.
+    #[getter]
+    fn problems(&self, py: Python<'_>) -> Vec<String> {
+        py.detach(|| self.0.conscience().problems.clone())
+    }
+}
+
+/// The kernel's state map (`kernel.world`): key to JSON value, with the time of each update.
+#[pyclass(frozen, module = "phoenix._core")]
+struct WorldModel(Arc<Phoenix>);
+
+#[pymethods]
+impl WorldModel {
+    /// Records `value` (anything `json.dumps` accepts) under `key`, stamped with the current time.
+    fn update(&self, py: Python<'_>, key: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let text: String = py
+            .import("json")?
+            .call_method1("dumps", (value,))?
+            .extract()?;
+        let value =
+            serde_json::from_str(&text).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        self.0.world().update(key, value);
+        Ok(())
+    }
+
+    /// The value stored under `key`, or `None`.
+    fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.0.world().get(key) {
+            Some((value, _)) => Ok(Some(
+                py.import("json")?
+                    .call_method1("loads", (value.to_string(),))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Seconds since the Unix epoch of `key`'s last update, or `None`.
+    fn updated_at(&self, key: &str) -> Option<f64> {
+        let (_, at) = self.0.world().get(key)?;
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs_f64())
+    }
+
+    fn remove(&self, key: &str) -> bool {
+        self.0.world().remove(key)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.0.world().keys()
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.world().len()
+    }
+
+    fn coherence(&self) -> f64 {
+        self.0.world().coherence()
+    }
+}
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    // Rust log records (e.g. a malformed axioms file) go to Python's `logging` under the target name.
+    // No caching, so logging configured after import is honoured; these records are rare.
+    let _ = pyo3_log::Logger::new(py, pyo3_log::Caching::Nothing)?.install();
+    // One worker thread is plenty: native checks run on the blocking pool, and the runtime is only
+    // built on first use, inside the serving process, never in a parent that forks.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(1)
+        .thread_name("phoenix-core")
+        .enable_all();
+    pyo3_async_runtimes::tokio::init(builder);
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<Core>()?;
+    m.add_class::<PlasticLtm>()?;
+    m.add_class::<TriuneConscience>()?;
+    m.add_class::<WorldModel>()?;
+    Ok(())
+}

@@ -1,0 +1,531 @@
+"""Tests for phoenix.config: sources, precedence, validation and error messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+_CONFIG_PY = Path(__file__).resolve().parents[1] / "python" / "phoenix" / "config.py"
+
+
+def _load_config_module() -> ModuleType:
+    """phoenix.config from this checkout.
+
+    The package's ``__init__`` may need the Rust extension, and an unrelated
+    ``phoenix`` distribution may be installed, so fall back to loading the
+    file itself when the import fails or finds another file.
+    """
+    try:
+        import phoenix.config as imported
+    except ImportError:
+        pass
+    else:
+        if Path(imported.__file__ or "").resolve() == _CONFIG_PY:
+            return imported
+    name = "_phoenix_config_under_test"
+    spec = importlib.util.spec_from_file_location(name, _CONFIG_PY)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses looks the module up while decorating
+    spec.loader.exec_module(module)
+    return module
+
+
+config = _load_config_module()
+ConfigError: type[Exception] = config.ConfigError
+Settings = config.Settings
+load_settings = config.load_settings
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test in an empty directory, so no ./phoenix.toml leaks in."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(call: Callable[[], object]) -> str:
+    """The message of the ConfigError raised by ``call``; checks it is one line."""
+    with pytest.raises(ConfigError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert "\r" not in message, message
+    return message
+
+
+# --- defaults ---------------------------------------------------------------
+
+
+def test_defaults_when_no_source_gives_a_value() -> None:
+    settings = load_settings(env={})
+
+    assert settings == Settings()
+    assert settings.app is None
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 5001
+    assert settings.workers == 1
+    assert settings.data_dir == Path("phoenix-data")
+    assert settings.health_ttl_ms == 100
+    assert settings.ready_ttl_ms == 100
+    assert settings.check_timeout_ms == 500
+    assert settings.request_log is True
+    assert settings.log_level == "info"
+
+
+def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("PHOENIX_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PHOENIX_PORT", "6123")
+
+    assert load_settings().port == 6123
+
+
+def test_keys_table_lists_every_setting_with_its_default() -> None:
+    names = [key.name for key in config.KEYS]
+
+    assert names == [f.name for f in dataclasses.fields(Settings)]
+    assert {key.name: key.default for key in config.KEYS} == dataclasses.asdict(Settings())
+    assert {key.name: key.env_var for key in config.KEYS}["data_dir"] == "PHOENIX_DATA_DIR"
+
+
+def test_describe_keys_gives_name_default_repr_and_help() -> None:
+    described = {name: (default, help_) for name, default, help_ in config.describe_keys()}
+
+    assert list(described) == [key.name for key in config.KEYS]
+    assert described["port"][0] == "5001"
+    assert described["app"][0] == "None"
+    assert described["data_dir"][0] == "'phoenix-data'"
+    assert described["log_level"][0] == "'info'"
+    assert all(help_ for _default, help_ in described.values())
+
+
+# --- precedence ---------------------------------------------------------------
+
+
+def test_cli_beats_env_beats_file_beats_default(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "port = 1111\n")
+    env = {"PHOENIX_PORT": "2222"}
+
+    assert load_settings(cli={"port": 3333}, env=env, config_file=toml).port == 3333
+    assert load_settings(env=env, config_file=toml).port == 2222
+    assert load_settings(env={}, config_file=toml).port == 1111
+    assert load_settings(env={}).port == 5001
+
+
+def test_precedence_is_resolved_per_key(tmp_path: Path) -> None:
+    toml = _write(
+        tmp_path / "conf.toml",
+        'host = "0.0.0.0"\nport = 1111\nworkers = 2\nlog_level = "error"\n',
+    )
+    env = {"PHOENIX_PORT": "2222", "PHOENIX_WORKERS": "3"}
+
+    settings = load_settings(cli={"workers": 4}, env=env, config_file=toml)
+
+    assert settings.host == "0.0.0.0"  # file only
+    assert settings.port == 2222  # env over file
+    assert settings.workers == 4  # cli over env over file
+    assert settings.log_level == "error"  # file only
+    assert settings.check_timeout_ms == 500  # default
+
+
+def test_cli_none_values_are_ignored() -> None:
+    settings = load_settings(cli={"port": None, "app": None}, env={"PHOENIX_PORT": "7000"})
+
+    assert settings.port == 7000
+    assert settings.app is None
+
+
+def test_cli_accepts_typed_and_string_values() -> None:
+    typed = load_settings(cli={"port": 8000, "request_log": False, "data_dir": Path("d")}, env={})
+    text = load_settings(cli={"port": "8000", "request_log": "off", "data_dir": "d"}, env={})
+
+    assert typed == text
+    assert (text.port, text.request_log, text.data_dir) == (8000, False, Path("d"))
+
+
+def test_unknown_cli_key_is_an_error() -> None:
+    message = _error(lambda: load_settings(cli={"prot": 1}, env={}))
+
+    assert "'prot'" in message
+
+
+def test_unknown_phoenix_env_vars_are_ignored() -> None:
+    settings = load_settings(env={"PHOENIX_PROT": "1", "PHOENIX_": "x", "OTHER": "y"})
+
+    assert settings == Settings()
+
+
+# --- config file ------------------------------------------------------------------
+
+
+def test_file_keys_at_top_level(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", 'port = 7001\ndata_dir = "/srv/px"\n')
+
+    settings = load_settings(env={}, config_file=toml)
+
+    assert (settings.port, settings.data_dir) == (7001, Path("/srv/px"))
+
+
+def test_file_keys_under_phoenix_table(tmp_path: Path) -> None:
+    toml = _write(
+        tmp_path / "conf.toml",
+        '[tool.other]\nport = "not ours"\n\n[phoenix]\nport = 7002\nrequest_log = false\n',
+    )
+
+    settings = load_settings(env={}, config_file=toml)
+
+    assert (settings.port, settings.request_log) == (7002, False)
+
+
+def test_phoenix_key_outside_phoenix_table_is_an_error(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "port = 1\n\n[phoenix]\nworkers = 2\n")
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert "'port'" in message
+    assert str(toml) in message
+
+
+def test_unknown_file_key_names_key_and_file(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "prot = 1\n")
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert "'prot'" in message
+    assert str(toml) in message
+
+
+def test_unknown_key_in_phoenix_table_names_key_and_file(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "[phoenix]\nwrokers = 2\n")
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert "'wrokers'" in message
+    assert str(toml) in message
+
+
+def test_missing_explicit_config_file_names_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.toml"
+
+    from_cli = _error(lambda: load_settings(env={}, config_file=missing))
+    from_env = _error(lambda: load_settings(env={"PHOENIX_CONFIG": str(missing)}))
+
+    assert from_cli == f"cannot read config file '{missing}': No such file or directory"
+    assert from_env == from_cli
+
+
+def test_unreadable_config_file_is_an_error(tmp_path: Path) -> None:
+    message = _error(lambda: load_settings(env={}, config_file=tmp_path))
+
+    assert message.startswith(f"cannot read config file '{tmp_path}'")
+
+
+def test_invalid_toml_names_file_and_parser_message(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "broken.toml", "port = \n")
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert str(toml) in message
+    assert "line 1" in message  # from the TOML parser
+
+
+def test_non_utf8_config_file_names_file(tmp_path: Path) -> None:
+    toml = tmp_path / "latin1.toml"
+    toml.write_bytes(b'host = "\xff"\n')
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert str(toml) in message
+
+
+def test_cli_config_file_overrides_phoenix_config_env(tmp_path: Path) -> None:
+    chosen = _write(tmp_path / "chosen.toml", "port = 7003\n")
+    env = {"PHOENIX_CONFIG": str(_write(tmp_path / "env.toml", "port = 7004\n"))}
+
+    assert load_settings(env=env, config_file=chosen).port == 7003
+    assert load_settings(env=env).port == 7004
+
+
+def test_cwd_phoenix_toml_is_used_when_present(tmp_path: Path) -> None:
+    _write(tmp_path / "phoenix.toml", "[phoenix]\nworkers = 5\n")
+
+    assert load_settings(env={}).workers == 5
+
+
+def test_no_cwd_phoenix_toml_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _write(tmp_path / "phoenix.toml", "workers = 5\n")
+    monkeypatch.chdir(elsewhere)
+
+    assert load_settings(env={}).workers == 1
+
+
+def test_named_config_file_replaces_cwd_phoenix_toml(tmp_path: Path) -> None:
+    _write(tmp_path / "phoenix.toml", "workers = 5\nport = 7005\n")
+    named = _write(tmp_path / "named.toml", "workers = 6\n")
+
+    settings = load_settings(env={"PHOENIX_CONFIG": str(named)})
+
+    assert (settings.workers, settings.port) == (6, 5001)
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ('port = "5001"', "'5001'"),
+        ("port = true", "True"),
+        ("port = 5001.0", "5001.0"),
+        ('request_log = "yes"', "'yes'"),
+        ("request_log = 1", "1"),
+        ("host = 1", "1"),
+        ("data_dir = 1", "1"),
+    ],
+)
+def test_file_value_must_have_the_toml_type(tmp_path: Path, line: str, shown: str) -> None:
+    toml = _write(tmp_path / "conf.toml", line + "\n")
+    key = line.split(" ")[0]
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert message.startswith(f"invalid value for {key} (from config file '{toml}'): ")
+    assert message.endswith(f", got {shown}")
+
+
+# --- environment parsing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["abc", "12abc", "1.5", "1e3", "", " 12", "1_000", "0x10"])
+def test_bad_env_int_names_key_and_variable(raw: str) -> None:
+    message = _error(lambda: load_settings(env={"PHOENIX_PORT": raw}))
+
+    assert message == (
+        f"invalid value for port (from PHOENIX_PORT): expected an integer from 0 to 65535, got {raw!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("OFF", False),
+    ],
+)
+def test_env_bool_words(raw: str, expected: bool) -> None:
+    settings = load_settings(env={"PHOENIX_REQUEST_LOG": raw})
+
+    assert settings.request_log is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "", "2", "t", "enabled"])
+def test_bad_env_bool_is_an_error(raw: str) -> None:
+    message = _error(lambda: load_settings(env={"PHOENIX_REQUEST_LOG": raw}))
+
+    assert message.startswith("invalid value for request_log (from PHOENIX_REQUEST_LOG): ")
+    assert message.endswith(f"got {raw!r}")
+
+
+def test_env_path_is_taken_as_given() -> None:
+    settings = load_settings(env={"PHOENIX_DATA_DIR": "../rel/data"})
+
+    assert settings.data_dir == Path("../rel/data")
+
+
+def test_env_int_accepts_sign_and_leading_zeros() -> None:
+    settings = load_settings(env={"PHOENIX_PORT": "+08080", "PHOENIX_WORKERS": "02"})
+
+    assert (settings.port, settings.workers) == (8080, 2)
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", [0, 65535])
+def test_port_bounds_are_accepted(port: int) -> None:
+    assert load_settings(cli={"port": port}, env={}).port == port
+
+
+@pytest.mark.parametrize("port", [-1, 65536])
+def test_port_out_of_range_is_an_error(port: int, tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", f"port = {port}\n")
+
+    from_cli = _error(lambda: load_settings(cli={"port": port}, env={}))
+    from_env = _error(lambda: load_settings(env={"PHOENIX_PORT": str(port)}))
+    from_file = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert from_cli == (
+        f"invalid value for port (from command line): expected an integer from 0 to 65535, got {port}"
+    )
+    assert from_env.startswith("invalid value for port (from PHOENIX_PORT): ")
+    assert from_file.startswith(f"invalid value for port (from config file '{toml}'): ")
+
+
+def test_bool_is_not_accepted_as_int_from_cli() -> None:
+    message = _error(lambda: load_settings(cli={"workers": True}, env={}))
+
+    assert message.startswith("invalid value for workers (from command line): ")
+
+
+def test_workers_zero_is_an_error() -> None:
+    message = _error(lambda: load_settings(env={"PHOENIX_WORKERS": "0"}))
+
+    assert message == ("invalid value for workers (from PHOENIX_WORKERS): expected an integer >= 1, got '0'")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("health_ttl_ms", 0, True),
+        ("health_ttl_ms", -1, False),
+        ("ready_ttl_ms", 0, True),
+        ("ready_ttl_ms", -1, False),
+        ("check_timeout_ms", 1, True),
+        ("check_timeout_ms", 0, False),
+    ],
+)
+def test_millisecond_bounds(key: str, value: int, accepted: bool) -> None:
+    def load() -> object:
+        return load_settings(cli={key: value}, env={})
+
+    if accepted:
+        assert getattr(load(), key) == value
+    else:
+        assert f"invalid value for {key} " in _error(load)
+
+
+def test_log_level_is_case_insensitive_and_stored_lower_case() -> None:
+    assert load_settings(env={"PHOENIX_LOG_LEVEL": "WARNING"}).log_level == "warning"
+    assert load_settings(cli={"log_level": "Debug"}, env={}).log_level == "debug"
+
+
+def test_bad_log_level_is_an_error() -> None:
+    message = _error(lambda: load_settings(env={"PHOENIX_LOG_LEVEL": "verbose"}))
+
+    assert message == (
+        "invalid value for log_level (from PHOENIX_LOG_LEVEL): "
+        "expected one of debug, info, warning, error, got 'verbose'"
+    )
+
+
+def test_empty_host_is_an_error() -> None:
+    assert "invalid value for host " in _error(lambda: load_settings(env={"PHOENIX_HOST": ""}))
+
+
+@pytest.mark.parametrize("app", ["myapp:kernel", "pkg.mod:make_kernel", "a.b.c:obj.attr"])
+def test_app_in_module_attr_form_is_accepted(app: str) -> None:
+    assert load_settings(env={"PHOENIX_APP": app}).app == app
+
+
+@pytest.mark.parametrize(
+    "app",
+    ["myapp", "myapp:", ":kernel", "a..b:c", "a:b:c", "a b:c", "1mod:k", "mod:k.", "class:k", ""],
+)
+def test_bad_app_form_is_an_error(app: str) -> None:
+    message = _error(lambda: load_settings(env={"PHOENIX_APP": app}))
+
+    assert message == (
+        f"invalid value for app (from PHOENIX_APP): expected 'module.path:attr.path', got {app!r}"
+    )
+
+
+def test_error_message_stays_on_one_line_for_multiline_values(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "host = '''\nbad\n'''\nprot = 1\n")
+
+    from_env = _error(lambda: load_settings(env={"PHOENIX_APP": "a\nb:c"}))
+    from_file = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert "'a\\nb:c'" in from_env
+    assert "'prot'" in from_file
+
+
+def test_config_file_name_with_newline_is_escaped(tmp_path: Path) -> None:
+    odd = tmp_path / "odd\nname.toml"
+
+    message = _error(lambda: load_settings(env={}, config_file=odd))
+
+    assert "odd\\nname.toml" in message
+
+
+def test_config_error_message_is_forced_onto_one_line() -> None:
+    assert str(ConfigError("first\nsecond")) == "first second"
+
+
+def test_settings_constructor_validates_and_normalises() -> None:
+    with pytest.raises(ConfigError):
+        Settings(port=70000)
+    settings = Settings(log_level="ERROR", data_dir="out")
+
+    assert settings.log_level == "error"
+    assert settings.data_dir == Path("out")
+    with pytest.raises(ConfigError):
+        dataclasses.replace(settings, workers=0)
+
+
+# --- hand-off to workers --------------------------------------------------------------
+
+
+def test_to_env_round_trips_through_load_settings() -> None:
+    settings = Settings(
+        app="svc.main:build",
+        host="0.0.0.0",
+        port=0,
+        workers=4,
+        data_dir=Path("/var/lib/phoenix"),
+        health_ttl_ms=0,
+        ready_ttl_ms=250,
+        check_timeout_ms=1500,
+        request_log=False,
+        log_level="debug",
+    )
+
+    env = settings.to_env()
+
+    assert env == {
+        "PHOENIX_APP": "svc.main:build",
+        "PHOENIX_HOST": "0.0.0.0",
+        "PHOENIX_PORT": "0",
+        "PHOENIX_WORKERS": "4",
+        "PHOENIX_DATA_DIR": str(Path("/var/lib/phoenix")),
+        "PHOENIX_HEALTH_TTL_MS": "0",
+        "PHOENIX_READY_TTL_MS": "250",
+        "PHOENIX_CHECK_TIMEOUT_MS": "1500",
+        "PHOENIX_REQUEST_LOG": "false",
+        "PHOENIX_LOG_LEVEL": "debug",
+    }
+    assert load_settings(env=env) == settings
+
+
+def test_to_env_leaves_out_none_values_and_round_trips_defaults() -> None:
+    env = Settings().to_env()
+
+    assert "PHOENIX_APP" not in env
+    assert set(env) == {key.env_var for key in config.KEYS} - {"PHOENIX_APP"}
+    assert load_settings(env=env) == Settings()
+
+
+def test_to_env_overrides_a_config_file_with_other_values(tmp_path: Path) -> None:
+    resolved = load_settings(cli={"port": 9001}, env={})
+    _write(tmp_path / "phoenix.toml", "port = 1\nworkers = 9\n")
+
+    assert load_settings(env=resolved.to_env()) == resolved
