@@ -1,0 +1,56 @@
+# Every target installs what it needs into .venv (and apt packages where noted), so each works on a
+# fresh machine. CARGO_BUILD_JOBS keeps builds inside the 2-core budget.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PY := $(BIN)/python
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(BIN):$(PATH)
+DATA_DIR ?= phoenix-data
+
+.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean
+
+$(VENV)/.deps: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=25.1"
+	$(PY) -m pip install -q --group dev
+	touch $@
+
+deps: $(VENV)/.deps
+
+# Release build: the service is only as fast as its core.
+develop: deps
+	maturin develop --release -q
+
+run: develop
+	phoenix serve --data-dir $(DATA_DIR)
+
+test: test-rust test-python
+
+test-rust:
+	cargo test -q
+
+test-python: develop
+	pytest -q
+
+lint: deps
+	cargo fmt --check
+	cargo clippy -q --all-targets -- -D warnings
+	cargo clippy -q --features python -- -D warnings
+	ruff check
+	ruff format --check
+	mypy
+
+fmt: deps
+	cargo fmt
+	ruff format
+	ruff check --fix
+
+wheel: deps
+	maturin build --release --sdist -o dist
+
+bench: develop
+	pytest benches --benchmark-enable --benchmark-group-by=group -q
+
+clean:
+	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache

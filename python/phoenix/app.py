@@ -1,0 +1,121 @@
+"""Serving a kernel: the RSGI handler Granian calls, and the ASGI adapter for mounting.
+
+Both ask the Rust core for a ready-made ``(status, headers, body)``; the only Python on the hot path is
+the call into the core and the hand-off to the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+from . import _core
+from .log import API_LOGGER
+
+_access = logging.getLogger(API_LOGGER)
+_errors = logging.getLogger("phoenix.app")
+
+
+class _RSGIScope(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+
+
+class _RSGIProtocol(Protocol):
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+
+
+RSGIHandler = Callable[[Any, Any], Awaitable[None]]
+
+
+def _internal_error(core: _core.Core, method: str, path: str) -> _core.Response:
+    """Any failure while answering becomes a logged, JSON 500: never a traceback sent to a client."""
+    _errors.exception("%s %s failed", method, path)
+    return core.error_response(500)
+
+
+async def _respond(core: _core.Core, method: str, path: str) -> _core.Response:
+    try:
+        response = core.route(method, path)
+        if response is None:
+            response = await core.ready_wait(method == "HEAD")
+        return response
+    except Exception:
+        return _internal_error(core, method, path)
+
+
+def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
+    route = core.route
+    ready_wait = core.ready_wait
+
+    # `_respond` inlined: an extra coroutine per request is a measurable share of a cache hit.
+    async def handle(scope: _RSGIScope, proto: _RSGIProtocol) -> None:
+        started = time.perf_counter() if request_log else 0.0
+        method = scope.method
+        path = scope.path
+        try:
+            response = route(method, path)
+            if response is None:
+                response = await ready_wait(method == "HEAD")
+        except Exception:
+            response = _internal_error(core, method, path)
+        proto.response_bytes(*response)
+        if request_log and _access.isEnabledFor(logging.INFO):
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            _access.info("%s %s %d %.3fms", method, path, response[0], elapsed_ms)
+
+    return handle
+
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ASGIApp:
+    """A kernel as an ASGI 3 application. Mounted under a prefix, it serves ``<prefix>/health`` and
+    ``<prefix>/ready``; lifespan events start the kernel's background work."""
+
+    def __init__(self, core: _core.Core) -> None:
+        self._core = core
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._core.start(None)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Message, send: Send) -> None:
+        # Apps mounted without lifespan support still get their background work started.
+        self._core.start(None)
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        # Starlette keeps the full path and puts the mount prefix in root_path; others strip it.
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        status, headers, body = await _respond(self._core, scope["method"], path)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

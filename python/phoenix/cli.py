@@ -1,0 +1,140 @@
+"""``phoenix serve`` and ``phoenix check``.
+
+Bad configuration is one line on stderr and exit status 2, before anything starts. ``serve`` resolves the
+configuration once, in the parent, and hands it to Granian's worker processes through ``PHOENIX_*``
+variables, which the workers read back with the same loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import CONFIG_ENV_VAR, KEYS, ConfigError, Settings, load_settings
+from .kernel import Kernel, default_kernel
+from .log import configure, dictconfig
+
+# How long `phoenix check` waits for the native subsystems to come up before judging them.
+CHECK_STARTUP_WAIT_S = 30.0
+
+
+def load_kernel(settings: Settings) -> Kernel:
+    """The kernel named by ``settings.app`` (a Kernel, or a function returning one), else the default."""
+    if settings.app is None:
+        return default_kernel(
+            settings.data_dir,
+            health_ttl_ms=settings.health_ttl_ms,
+            ready_ttl_ms=settings.ready_ttl_ms,
+            check_timeout_ms=settings.check_timeout_ms,
+            request_log=settings.request_log,
+        )
+    module_name, _, attr_path = settings.app.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"invalid value for app: cannot import {module_name!r}: {exc}") from None
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError:
+            raise ConfigError(f"invalid value for app: {settings.app!r} has no attribute {attr!r}") from None
+    if not isinstance(target, Kernel) and callable(target):
+        target = target()
+    if not isinstance(target, Kernel):
+        raise ConfigError(
+            f"invalid value for app: {settings.app!r} is {type(target).__name__}, not a phoenix.Kernel"
+        )
+    return target
+
+
+def worker_kernel() -> Kernel:
+    """Granian's factory target, called in each worker process."""
+    return load_kernel(load_settings())
+
+
+def _serve(settings: Settings) -> int:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LOGGING_CONFIG, LogLevels
+
+    if settings.app is None and settings.workers > 1:
+        raise ConfigError(
+            "invalid value for workers: the default kernel's store belongs to one process; "
+            "use workers = 1, or serve your own --app"
+        )
+    load_kernel(settings)  # fail here, with exit status 2, rather than in every worker
+    os.environ.update(settings.to_env())
+    # Every key is now explicit in the environment; no file may add to it in the workers.
+    os.environ[CONFIG_ENV_VAR] = os.devnull
+    try:
+        import uvloop  # noqa: F401
+
+        loop = Loops.uvloop
+    except ImportError:
+        loop = Loops.auto
+    Granian(
+        "phoenix.cli:worker_kernel",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.RSGI,
+        workers=settings.workers,
+        loop=loop,
+        http=HTTPModes.http1,
+        websockets=False,
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=dictconfig(settings.log_level, base=LOGGING_CONFIG),
+    ).serve()
+    return 0
+
+
+async def _check_once(kernel: Kernel) -> dict[str, Any]:
+    kernel.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CHECK_STARTUP_WAIT_S
+    while not kernel.initialised and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    return await kernel.check()
+
+
+def _check(settings: Settings) -> int:
+    configure(settings.log_level)
+    report = asyncio.run(_check_once(load_kernel(settings)))
+    print(json.dumps(report, indent=2))
+    return 0 if report["status"] == "ready" else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phoenix", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve /health and /ready over HTTP")
+    check = commands.add_parser("check", help="check readiness once; exit 0 when ready, 1 when not")
+    for command in (serve, check):
+        command.add_argument("--config", help="TOML config file (default: ./phoenix.toml if present)")
+    # Options are generated from the one table of keys, so the CLI cannot drift from the config.
+    helps = {key.name: key.help for key in KEYS}
+    for name in ("app", "data_dir"):
+        for command in (serve, check):
+            command.add_argument(f"--{name.replace('_', '-')}", dest=name, help=helps[name])
+    for name in ("host", "port", "workers"):
+        serve.add_argument(f"--{name}", dest=name, help=helps[name])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    given = {key.name: getattr(args, key.name) for key in KEYS if getattr(args, key.name, None) is not None}
+    try:
+        settings = load_settings(given, config_file=args.config)
+        if args.command == "serve":
+            return _serve(settings)
+        return _check(settings)
+    except ConfigError as exc:
+        print(f"phoenix: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,98 @@
+"""The Python face of the kernel: registering subsystems and serving them over RSGI or ASGI."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from . import _core
+from .app import ASGIApp, RSGIHandler, rsgi_handler
+
+Metric = Union[float, bool]
+CheckFunc = Callable[[], Union[Metric, Awaitable[Metric]]]
+F = TypeVar("F", bound=CheckFunc)
+
+
+class Kernel:
+    """A set of subsystems, checked concurrently, served at ``/health`` and ``/ready``.
+
+    An empty kernel is ready. Register checks with :meth:`subsystem`; serve the kernel with Granian
+    (it is an RSGI application) or mount :meth:`asgi` in any ASGI framework.
+    """
+
+    def __init__(
+        self,
+        *,
+        health_ttl_ms: int = 100,
+        ready_ttl_ms: int = 100,
+        check_timeout_ms: int = 500,
+        request_log: bool = True,
+    ) -> None:
+        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms)
+        # Granian looks the RSGI entry point up on the object it serves.
+        self.__rsgi__: RSGIHandler = rsgi_handler(self._core, request_log=request_log)
+
+    def subsystem(
+        self, name: str, *, threshold: float, timeout_ms: int | None = None
+    ) -> Callable[[F], F]:
+        """Registers a check. It returns a float metric, or a bool (``True`` means 1.0), and the
+        subsystem is ready when the metric is above ``threshold``. ``async def`` checks run on the
+        serving event loop; plain functions run in a thread. Either is abandoned (reported as timed
+        out) after ``timeout_ms``, default the kernel's ``check_timeout_ms``, and a run that is still
+        pending is never started again.
+        """
+
+        def register(func: F) -> F:
+            is_async = inspect.iscoroutinefunction(func)
+            self._core.add_check(name, func, is_async, float(threshold), timeout_ms)
+            return func
+
+        return register
+
+    @property
+    def subsystems(self) -> list[str]:
+        return self._core.subsystem_names
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Starts background work and binds the event loop for ``async def`` checks (default: the
+        running loop). Servers call this for you; it is idempotent."""
+        self._core.start(loop)
+
+    @property
+    def initialised(self) -> bool:
+        return self._core.initialised
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.start(loop)
+
+    async def check(self) -> dict[str, Any]:
+        """Runs every check once, now, bypassing the cache; returns the ``/ready`` body."""
+        _ready, _status, body = await self._core.check()
+        report: dict[str, Any] = json.loads(body)
+        return report
+
+    def asgi(self) -> ASGIApp:
+        """This kernel as an ASGI application, e.g. ``app.mount("/probe", kernel.asgi())``."""
+        return ASGIApp(self._core)
+
+
+class PhoenixKernel(Kernel):
+    """The Phoenix AGI kernel: plastic_ltm, triune_conscience and world_model over one data directory."""
+
+    memory: _core.PlasticLtm
+    conscience: _core.TriuneConscience
+    world: _core.WorldModel
+
+    def __init__(self, data_dir: str | Path = "phoenix-data", **options: Any) -> None:
+        super().__init__(**options)
+        self.data_dir = Path(data_dir)
+        self.memory, self.conscience, self.world = self._core.add_phoenix(self.data_dir)
+
+
+def default_kernel(data_dir: str | Path = "phoenix-data", **options: Any) -> PhoenixKernel:
+    """The kernel ``phoenix serve`` runs when no ``--app`` is given."""
+    return PhoenixKernel(data_dir, **options)
