@@ -8,7 +8,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(BIN):$(PATH)
 DATA_DIR ?= phoenix-data
 
-.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean
+.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean bench-http
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -54,3 +54,8 @@ bench: develop
 
 clean:
 	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# HTTP benchmark: Phoenix /health and /ready vs a bare Granian ceiling and FastAPI + uvicorn (wrk, pinned
+# cores). e.g. make bench-http BENCH_ARGS="--duration 5 --rounds 3 --connections 1,50"
+bench-http: develop
+	python benches/http_harness.py $(BENCH_ARGS)

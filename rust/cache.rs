@@ -101,10 +101,12 @@ impl<T> TtlCache<T> {
         entry
     }
 
-    /// Waits until a servable entry exists. The caller must make sure a refresh is under way
-    /// (see [`TtlCache::try_begin_refresh`]); a refresh that is abandoned wakes the waiters so that
-    /// one of them can start another.
+    /// Waits for the refresh in flight and returns what it produced, however short the TTL (with a TTL
+    /// of zero every entry is born stale, yet the requests that waited for it must get it). Returns
+    /// `None` if that refresh was abandoned. The caller must make sure a refresh is under way (see
+    /// [`TtlCache::try_begin_refresh`]).
     pub async fn wait_servable(&self) -> Option<Arc<Entry<T>>> {
+        let since = Instant::now();
         let notified = self.filled.notified();
         tokio::pin!(notified);
         // Registering before looking closes the window where a refresh finishes between the two.
@@ -114,10 +116,7 @@ impl<T> TtlCache<T> {
             Lookup::Missing => {}
         }
         notified.await;
-        match self.lookup() {
-            Lookup::Fresh(entry) | Lookup::Stale(entry) => Some(entry),
-            Lookup::Missing => None,
-        }
+        self.slot.load_full().filter(|entry| entry.born >= since)
     }
 }
 
@@ -215,6 +214,20 @@ mod tests {
             assert_eq!(t.await.unwrap(), 42);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn zero_ttl_waiter_gets_the_entry_it_waited_for() {
+        let c = cache(0, 0);
+        let refresh = c.try_begin_refresh().unwrap();
+        let waiter = {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move { c.wait_servable().await.map(|e| e.value) })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        refresh.finish(5);
+        assert_eq!(waiter.await.unwrap(), Some(5));
+        assert!(matches!(c.lookup(), Lookup::Missing));
     }
 
     #[tokio::test]

@@ -54,8 +54,12 @@ def load_kernel(settings: Settings) -> Kernel:
 
 
 def worker_kernel() -> Kernel:
-    """Granian's factory target, called in each worker process."""
-    return load_kernel(load_settings())
+    """Granian's factory target, called in each worker process. Serving settings (the request log)
+    apply to whichever kernel is served; the others shape the default kernel only."""
+    settings = load_settings()
+    kernel = load_kernel(settings)
+    kernel.request_log = settings.request_log
+    return kernel
 
 
 def _serve(settings: Settings) -> int:

@@ -33,8 +33,19 @@ class Kernel:
         request_log: bool = True,
     ) -> None:
         self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms)
-        # Granian looks the RSGI entry point up on the object it serves.
-        self.__rsgi__: RSGIHandler = rsgi_handler(self._core, request_log=request_log)
+        self.request_log = request_log
+
+    @property
+    def request_log(self) -> bool:
+        """Whether each request is logged to ``phoenix.api`` (method, path, status, latency)."""
+        return self._request_log
+
+    @request_log.setter
+    def request_log(self, enabled: bool) -> None:
+        self._request_log = enabled
+        # Granian looks the RSGI entry point up on the object it serves; the handler is built for the
+        # setting rather than testing it per request.
+        self.__rsgi__: RSGIHandler = rsgi_handler(self._core, request_log=enabled)
 
     def subsystem(
         self, name: str, *, threshold: float, timeout_ms: int | None = None

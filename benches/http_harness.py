@@ -1,0 +1,529 @@
+"""HTTP benchmark: Phoenix /health and /ready against a bare Granian ceiling and FastAPI + uvicorn.
+
+    python benches/http_harness.py [--duration 5] [--rounds 3] [--connections 1,50,500] \
+        [--out benches/results]
+
+Every server runs pinned to core 0 and wrk to core 1 (``taskset``), one server at a time, with the same
+settings for each: per connection count a 2 s warm-up, then ``--rounds`` runs of ``--duration`` seconds of
+``wrk -t1 -cC --latency``; the median round is reported. The markdown report (with the machine
+description) and the raw JSON go to ``--out``. Compare ratios within one run, not numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCHES = Path(__file__).resolve().parent
+REPO = BENCHES.parent
+LUA = BENCHES / "wrk_report.lua"
+HOST = "127.0.0.1"
+SERVER_CPU = "0"
+WRK_CPU = "1"
+WARMUP_S = 2
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+CEILING = "ceiling (granian rsgi)"
+FASTAPI_PACKAGES = ["fastapi", "uvicorn", "httptools"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[bench-http] {message}", file=sys.stderr, flush=True)
+
+
+def run_text(argv: list[str], timeout: float = 30.0) -> str:
+    """stdout (else stderr) of a short command, stripped; "" if it cannot run."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (done.stdout or done.stderr).strip()
+
+
+# --- tools -----------------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() != 0:
+        sys.exit("wrk is missing; install it (apt-get install -y wrk) or run as root")
+    log("wrk is missing: apt-get install -y wrk")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "wrk"]):
+        subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=600, check=True)
+    if not shutil.which("wrk"):
+        sys.exit("apt-get install wrk did not provide a wrk binary")
+
+
+def ensure_fastapi() -> bool:
+    """FastAPI and uvicorn importable, installing them into the running venv if missing."""
+    if all(importlib.util.find_spec(name) for name in FASTAPI_PACKAGES):
+        return True
+    if sys.prefix == sys.base_prefix:
+        log("fastapi/uvicorn missing and not in a venv: skipping the FastAPI comparison")
+        return False
+    log(f"installing {' '.join(FASTAPI_PACKAGES)} into {sys.prefix}")
+    argv = [sys.executable, "-m", "pip", "install", "-q", *FASTAPI_PACKAGES]
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=600, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"pip install failed ({exc}): skipping the FastAPI comparison")
+        return False
+    importlib.invalidate_caches()
+    return all(importlib.util.find_spec(name) for name in FASTAPI_PACKAGES)
+
+
+def version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def machine() -> dict[str, str]:
+    cpu_model = "-"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    commit = run_text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "-"
+    if run_text(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]):
+        commit += " (with uncommitted changes)"
+    return {
+        "uname": run_text(["uname", "-a"]),
+        "nproc": run_text(["nproc"]),
+        "cpu_model": cpu_model,
+        "python": sys.version.split()[0],
+        "granian": version("granian"),
+        "uvloop": version("uvloop"),
+        "fastapi": version("fastapi"),
+        "uvicorn": version("uvicorn"),
+        "wrk": run_text(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else "-",
+        "commit": commit,
+        "loadavg_before": Path("/proc/loadavg").read_text().strip(),
+    }
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name may contain spaces; fields after the closing parenthesis are fixed.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def rss_kb(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes (all their threads)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's reaped children: around a wrk run, wrk's own CPU time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    argv: list[str]  # "{port}" is replaced by the port the server is given
+    endpoints: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+class Server:
+    """One server subprocess, pinned to SERVER_CPU, in its own process group."""
+
+    def __init__(self, spec: ServerSpec, workdir: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.argv = [arg.replace("{port}", str(self.port)) for arg in spec.argv]
+        self.log_path = workdir / (re.sub(r"[^a-z0-9]+", "-", spec.name).strip("-") + ".log")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
+        env.update(spec.env)
+        with self.log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", SERVER_CPU, *self.argv],
+                env=env,
+                cwd=spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def url(self, endpoint: str) -> str:
+        return f"http://{HOST}:{self.port}{endpoint}"
+
+    def workers(self) -> list[int]:
+        """Granian's worker processes (children of the main process); uvicorn's single process."""
+        return child_pids(self.proc.pid) or [self.proc.pid]
+
+    def all_pids(self) -> list[int]:
+        return [self.proc.pid, *child_pids(self.proc.pid)]
+
+    def rss_kb(self) -> int:
+        return sum(rss_kb(pid) for pid in self.workers())
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def _check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.spec.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
+
+    def wait_ready(self) -> dict[str, int]:
+        """Polls the port, then each endpoint until it answers 200; returns each endpoint's body size."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            self._check_alive()
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.spec.name}: port {self.port} not open") from None
+                time.sleep(0.05)
+        sizes = {}
+        for endpoint in self.spec.endpoints:
+            while True:
+                self._check_alive()
+                status, body = http_get(self.port, endpoint)
+                if status == 200:
+                    sizes[endpoint] = len(body)
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.spec.name}: {endpoint} answered {status}, not 200")
+                time.sleep(0.05)
+        return sizes
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, then SIGKILL if it has not gone within STOP_TIMEOUT_S."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+                break
+            except subprocess.TimeoutExpired:
+                log(f"{self.spec.name} ignored {sig.name}")
+        # Workers left behind by a main process that died first.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, workdir: Path) -> Iterator[Server]:
+    server = Server(spec, workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def http_get(port: int, endpoint: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", endpoint)
+        response = conn.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+# --- wrk -------------------------------------------------------------------------------------------
+
+
+def wrk(url: str, connections: int, seconds: int, server: Server) -> dict[str, Any]:
+    """One wrk run; wrk_report.lua's summary plus req/s and the CPU used by the server and by wrk."""
+    argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    argv += ["-s", str(LUA), url]
+    pids = server.all_pids()
+    server_cpu, wrk_cpu, started = cpu_seconds(pids), children_cpu_seconds(), time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    wall = time.monotonic() - started
+    server_cpu, wrk_cpu = cpu_seconds(pids) - server_cpu, children_cpu_seconds() - wrk_cpu
+    lines = [line for line in done.stdout.splitlines() if line.startswith("WRK_JSON ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    report: dict[str, Any] = json.loads(lines[-1].removeprefix("WRK_JSON "))
+    report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
+    report["server_cpu_pct"] = 100 * server_cpu / wall
+    report["wrk_cpu_pct"] = 100 * wrk_cpu / wall
+    return report
+
+
+@dataclass
+class Result:
+    server: str
+    endpoint: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_pct: float
+    wrk_cpu_pct: float
+    errors: int
+    rounds: list[dict[str, Any]]
+
+
+def measure(server: Server, endpoint: str, connections: int, args: argparse.Namespace) -> Result:
+    url = server.url(endpoint)
+    wrk(url, connections, WARMUP_S, server)
+    rounds = [wrk(url, connections, args.duration, server) for _ in range(args.rounds)]
+
+    def median(key: str) -> float:
+        return float(statistics.median(r[key] for r in rounds))
+
+    result = Result(
+        server=server.spec.name,
+        endpoint=endpoint,
+        connections=connections,
+        rps=median("rps"),
+        p50_ms=statistics.median(r["latency_us"]["p50"] for r in rounds) / 1000,
+        p99_ms=statistics.median(r["latency_us"]["p99"] for r in rounds) / 1000,
+        server_cpu_pct=median("server_cpu_pct"),
+        wrk_cpu_pct=median("wrk_cpu_pct"),
+        errors=sum(sum(r["errors"].values()) for r in rounds),
+        rounds=rounds,
+    )
+    log(
+        f"{result.server} {endpoint} c={connections}: {result.rps:,.0f} req/s, "
+        f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms"
+    )
+    return result
+
+
+# --- servers ---------------------------------------------------------------------------------------
+
+
+def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
+    from phoenix.config import Settings  # the log level Phoenix ships with, for the ceiling too
+
+    log_level = Settings().log_level
+    python = sys.executable
+    phoenix = [str(Path(python).parent / "phoenix"), "serve"]
+    specs = [
+        ServerSpec(
+            CEILING,
+            [python, str(BENCHES / "ceiling_app.py"), "--log-level", log_level, "--port", "{port}"],
+            ["/health"],
+            cwd=BENCHES,
+        )
+    ]
+    for log_on in (True, False):
+        specs.append(
+            ServerSpec(
+                f"phoenix (request log {'on' if log_on else 'off'})",
+                [*phoenix, "--data-dir", str(workdir / f"data-{log_on}"), "--port", "{port}"],
+                ["/health", "/ready"],
+                env={"PHOENIX_REQUEST_LOG": "true" if log_on else "false"},
+                cwd=workdir,
+            )
+        )
+    if with_fastapi:
+        uvicorn = [python, "-m", "uvicorn", "--app-dir", str(BENCHES), "fastapi_app:app"]
+        uvicorn += ["--host", HOST, "--port", "{port}", "--log-level", log_level]
+        specs.append(ServerSpec("fastapi+uvicorn (access log on)", uvicorn, ["/health"]))
+        specs.append(
+            ServerSpec("fastapi+uvicorn (access log off)", [*uvicorn, "--no-access-log"], ["/health"])
+        )
+    return specs
+
+
+def bench_server(
+    spec: ServerSpec, workdir: Path, args: argparse.Namespace
+) -> tuple[list[Result], dict[str, Any]]:
+    with running(spec, workdir) as server:
+        sizes = server.wait_ready()
+        info: dict[str, Any] = {"argv": server.argv, "env": spec.env, "body_bytes": sizes, "rss_kb": {}}
+        results = []
+        for endpoint in spec.endpoints:
+            before = server.rss_kb()
+            for connections in args.connections:
+                results.append(measure(server, endpoint, connections, args))
+            info["rss_kb"][endpoint] = {"before": before, "after": server.rss_kb()}
+            info["workers"] = server.workers()
+        return results, info
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def report(
+    results: list[Result], servers: dict[str, Any], env: dict[str, str], args: argparse.Namespace
+) -> str:
+    by_key = {(r.server, r.endpoint, r.connections): r for r in results}
+
+    def rps(server: str, endpoint: str, connections: int) -> float | None:
+        found = by_key.get((server, endpoint, connections))
+        return found.rps if found else None
+
+    lines = [
+        f"# Phoenix HTTP benchmark, {env['date']}",
+        "",
+        f"`{env['command']}`",
+        "",
+        f"Server on core {SERVER_CPU}, `wrk -t1` on core {WRK_CPU}; per connection count a {WARMUP_S} s "
+        f"warm-up, then the median of {args.rounds} rounds of {args.duration} s. "
+        "Ratios compare servers within this run.",
+        "",
+        "| server | endpoint | connections | req/s | p50 ms | p99 ms | ratio to ceiling | server CPU % "
+        "| wrk CPU % | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.server} | {r.endpoint} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} "
+            f"| {ratio(r.rps, rps(CEILING, '/health', r.connections))} | {r.server_cpu_pct:.0f} "
+            f"| {r.wrk_cpu_pct:.0f} | {r.errors} |"
+        )
+    lines += ["", "## Ratios", ""]
+    lines += [
+        "| connections | request log | Phoenix /health ÷ ceiling | Phoenix /ready ÷ /health "
+        "| Phoenix /health ÷ FastAPI |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    warnings = []
+    for connections in args.connections:
+        for state in ("on", "off"):
+            phoenix = f"phoenix (request log {state})"
+            health = rps(phoenix, "/health", connections)
+            ready = rps(phoenix, "/ready", connections)
+            ceiling = rps(CEILING, "/health", connections)
+            fastapi = rps(f"fastapi+uvicorn (access log {state})", "/health", connections)
+            lines.append(
+                f"| {connections} | {state} | {ratio(health, ceiling)} | {ratio(ready, health)} "
+                f"| {ratio(health, fastapi)} |"
+            )
+            if connections == 50 and health and ceiling and health < 0.9 * ceiling:
+                warnings.append(f"Phoenix /health (log {state}) is below 0.9x the ceiling at c=50")
+            if health and ready and ready < 0.8 * health:
+                warnings.append(f"Phoenix /ready (log {state}) is below 0.8x /health at c={connections}")
+    lines += ["", "## Memory (VmRSS of the worker processes, MiB)", ""]
+    lines += ["| server | endpoint | before load | after load |", "|---|---|---:|---:|"]
+    for name, info in servers.items():
+        for endpoint, rss in info["rss_kb"].items():
+            lines.append(f"| {name} | {endpoint} | {rss['before'] / 1024:.1f} | {rss['after'] / 1024:.1f} |")
+    if warnings:
+        lines += ["", "## Below target", "", *[f"- {w}" for w in warnings]]
+    lines += ["", "## Machine", ""]
+    lines += [f"- {key}: `{value}`" for key, value in env.items() if key not in ("date", "command")]
+    return "\n".join(lines) + "\n"
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per round (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per point; the median is reported")
+    parser.add_argument(
+        "--connections",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[1, 50, 500],
+        help="comma-separated wrk connection counts (default 1,50,500)",
+    )
+    parser.add_argument("--out", type=Path, default=BENCHES / "results", help="report directory")
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.rounds < 1 or min(args.connections) < 1:
+        parser.error("--duration, --rounds and --connections must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset"):
+        sys.exit("needs taskset and at least 2 usable cores (server on core 0, wrk on core 1)")
+    ensure_wrk()
+    with_fastapi = ensure_fastapi()
+    started = dt.datetime.now()
+    env = {
+        "date": started.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **machine(),
+    }
+    results: list[Result] = []
+    servers: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="phoenix-bench-http-") as tmp:
+        for spec in server_specs(Path(tmp), with_fastapi):
+            log(f"starting {spec.name}")
+            server_results, servers[spec.name] = bench_server(spec, Path(tmp), args)
+            results += server_results
+    env["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
+    markdown = report(results, servers, env, args)
+    print(markdown)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"http-{started.strftime('%Y-%m-%d-%H%M%S')}"
+    stem.with_suffix(".md").write_text(markdown)
+    raw = {
+        "machine": env,
+        "args": vars(args) | {"out": str(args.out)},
+        "servers": servers,
+        "results": [asdict(r) for r in results],
+    }
+    stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
+    log(f"wrote {stem}.md and {stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

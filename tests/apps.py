@@ -1,0 +1,158 @@
+"""Kernels that the end-to-end tests serve with ``phoenix serve --app tests.apps:<name>``.
+
+Checks that need to report how often they ran append a line to ``$PHOENIX_TEST_RUNS`` (a file the test
+reads back), since the server runs in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+from phoenix import Kernel
+
+
+def _record(name: str) -> None:
+    path = os.environ.get("PHOENIX_TEST_RUNS")
+    if path:
+        with open(path, "a") as runs:
+            runs.write(name + "\n")
+
+
+def empty() -> Kernel:
+    return Kernel()
+
+
+def counting() -> Kernel:
+    """One slow check and a long TTL: a cold cache under a burst must run it exactly once."""
+    kernel = Kernel(ready_ttl_ms=60_000)
+
+    @kernel.subsystem("counted", threshold=0.5, timeout_ms=2_000)
+    async def counted() -> float:
+        _record("counted")
+        await asyncio.sleep(0.3)
+        return 1.0
+
+    return kernel
+
+
+def three_async_100ms() -> Kernel:
+    kernel = Kernel()
+    for i in range(3):
+
+        async def check() -> float:
+            await asyncio.sleep(0.1)
+            return 1.0
+
+        kernel.subsystem(f"async{i}", threshold=0.5)(check)
+    return kernel
+
+
+def three_sync_100ms() -> Kernel:
+    kernel = Kernel()
+    for i in range(3):
+
+        def check() -> float:
+            time.sleep(0.1)
+            return 1.0
+
+        kernel.subsystem(f"sync{i}", threshold=0.5)(check)
+    return kernel
+
+
+_never = threading.Event()
+
+
+def hung() -> Kernel:
+    """Every request runs a round (TTL 0); both hung checks time out at 200 ms every time."""
+    kernel = Kernel(ready_ttl_ms=0, request_log=False)
+
+    @kernel.subsystem("hung_async", threshold=0.5, timeout_ms=200)
+    async def hung_async() -> float:
+        await asyncio.Event().wait()
+        return 1.0
+
+    @kernel.subsystem("hung_sync", threshold=0.5, timeout_ms=200)
+    def hung_sync() -> float:
+        _never.wait()
+        return 1.0
+
+    @kernel.subsystem("fine", threshold=0.5, timeout_ms=200)
+    def fine() -> bool:
+        return True
+
+    return kernel
+
+
+def failing() -> Kernel:
+    kernel = Kernel(ready_ttl_ms=0)
+
+    @kernel.subsystem("raises", threshold=0.5)
+    def raises() -> float:
+        raise ValueError("database unreachable at /secret/path")
+
+    @kernel.subsystem("low", threshold=0.9)
+    async def low() -> float:
+        return 0.5
+
+    @kernel.subsystem("ok", threshold=0.5)
+    async def ok() -> bool:
+        return True
+
+    return kernel
+
+
+def slow_ready() -> Kernel:
+    """A round takes 1 s: long enough to send SIGTERM while a request is in flight."""
+    kernel = Kernel()
+
+    @kernel.subsystem("slow", threshold=0.5, timeout_ms=5_000)
+    async def slow() -> float:
+        await asyncio.sleep(1.0)
+        return 1.0
+
+    return kernel
+
+
+class _BrokenCore:
+    """The real core, except that answering a request fails: exercises the 500 path."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+
+    def route(self, method: str, path: str) -> None:
+        raise RuntimeError("internal failure with /private/detail")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+class _BrokenKernel(Kernel):
+    def __init__(self) -> None:
+        super().__init__()
+        self._core = _BrokenCore(self._core)  # type: ignore[assignment]
+        self.request_log = True
+
+
+def broken() -> Kernel:
+    return _BrokenKernel()
+
+
+def starlette_app() -> object:
+    """An ASGI app with a kernel mounted under /probe, as a user would."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    kernel = Kernel()
+
+    @kernel.subsystem("db", threshold=0.5)
+    async def db() -> float:
+        return 0.9
+
+    async def home(request: object) -> PlainTextResponse:
+        return PlainTextResponse("home")
+
+    return Starlette(routes=[Route("/", home), Mount("/probe", kernel.asgi())])

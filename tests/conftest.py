@@ -1,0 +1,139 @@
+"""Real Granian servers on free loopback ports, started and torn down per test."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    runs_path: Path
+    data_dir: Path
+    _log: Any = field(repr=False, default=None)
+
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 10.0
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            body = resp.read()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+        finally:
+            conn.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def runs(self) -> list[str]:
+        return self.runs_path.read_text().split() if self.runs_path.exists() else []
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, as an orchestrator would; the whole process group is killed if that fails."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+
+def wait_until_serving(server: Server, path: str = "/health", any_status: bool = False) -> None:
+    """Polls ``path`` until it answers 200 (or anything at all, with ``any_status``)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.logs()}")
+        try:
+            if server.request(path, timeout=1.0).status == 200 or any_status:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not start:\n{server.logs()}")
+
+
+def phoenix_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """``serve(*args, env={...})`` starts ``phoenix serve`` and returns a :class:`Server`."""
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+        port = free_port()
+        log_path = tmp_path / f"server-{port}.log"
+        runs_path = tmp_path / f"runs-{port}.txt"
+        data_dir = tmp_path / "data"
+        log = log_path.open("wb")
+        cmd = [sys.executable, "-m", "phoenix", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+        proc = subprocess.Popen(
+            [*cmd, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=phoenix_env(PHOENIX_TEST_RUNS=str(runs_path), **(env or {})),
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        server = Server(proc, port, log_path, runs_path, data_dir, log)
+        servers.append(server)
+        if wait:
+            wait_until_serving(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(timeout=10)
+        try:  # a worker must never outlive its test
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server._log.close()
