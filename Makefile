@@ -7,6 +7,7 @@ PY := $(BIN)/python
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(BIN):$(PATH)
 DATA_DIR ?= phoenix-data
+DIST ?= dist
 
 .PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean bench-http
 
@@ -47,7 +48,8 @@ fmt: deps
 	ruff check --fix
 
 wheel: deps
-	maturin build --release --sdist -o dist
+	maturin build --release -o $(DIST)
+	maturin sdist -o $(DIST)
 
 bench: develop
 	pytest benches --benchmark-enable --benchmark-group-by=group -q

@@ -3,10 +3,11 @@
     python benches/http_harness.py [--duration 5] [--rounds 3] [--connections 1,50,500] \
         [--out benches/results]
 
-Every server runs pinned to core 0 and wrk to core 1 (``taskset``), one server at a time, with the same
-settings for each: per connection count a 2 s warm-up, then ``--rounds`` runs of ``--duration`` seconds of
-``wrk -t1 -cC --latency``; the median round is reported. The markdown report (with the machine
-description) and the raw JSON go to ``--out``. Compare ratios within one run, not numbers across runs.
+All servers run pinned to core 0 and wrk to core 1 (``taskset``), with the same settings for each: per
+connection count a 2 s warm-up per target, then ``--rounds`` runs of ``--duration`` seconds of
+``wrk -t1 -cC --latency``, taken in turns across the targets; the median round is reported. The markdown
+report (with the machine description) and the raw JSON go to ``--out``. Compare ratios within one run,
+not numbers across runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ WRK_CPU = "1"
 WARMUP_S = 2
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+QUIET_PCT = 15.0  # the machine counts as quiet below this much busy CPU, in % of one core
+QUIET_TIMEOUT_S = 60.0
 CEILING = "ceiling (granian rsgi)"
 FASTAPI_PACKAGES = ["fastapi", "uvicorn", "httptools"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -163,6 +166,27 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
     return ticks / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine, all cores (from /proc/stat; idle and iowait excluded)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def wait_quiet() -> float:
+    """Waits, at most QUIET_TIMEOUT_S, until the shared machine is idle between rounds (our servers are idle
+    then, so any load is someone else's). Returns the busy % of the last 0.5 s sample."""
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    while True:
+        busy, started = machine_busy_seconds(), time.monotonic()
+        time.sleep(0.5)
+        busy_pct = 100 * (machine_busy_seconds() - busy) / (time.monotonic() - started)
+        if busy_pct < QUIET_PCT or time.monotonic() > deadline:
+            if busy_pct >= QUIET_PCT:
+                log(f"machine still busy ({busy_pct:.0f}% of a core) after {QUIET_TIMEOUT_S:.0f} s; going on")
+            return busy_pct
 
 
 def children_cpu_seconds() -> float:
@@ -292,10 +316,12 @@ def wrk(url: str, connections: int, seconds: int, server: Server) -> dict[str, A
     argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     argv += ["-s", str(LUA), url]
     pids = server.all_pids()
-    server_cpu, wrk_cpu, started = cpu_seconds(pids), children_cpu_seconds(), time.monotonic()
+    server_cpu, wrk_cpu, busy = cpu_seconds(pids), children_cpu_seconds(), machine_busy_seconds()
+    started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     wall = time.monotonic() - started
     server_cpu, wrk_cpu = cpu_seconds(pids) - server_cpu, children_cpu_seconds() - wrk_cpu
+    busy = machine_busy_seconds() - busy
     lines = [line for line in done.stdout.splitlines() if line.startswith("WRK_JSON ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
@@ -303,6 +329,8 @@ def wrk(url: str, connections: int, seconds: int, server: Server) -> dict[str, A
     report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
     report["server_cpu_pct"] = 100 * server_cpu / wall
     report["wrk_cpu_pct"] = 100 * wrk_cpu / wall
+    # Whatever else ran meanwhile (other processes, kernel work, steal), in % of one core.
+    report["other_cpu_pct"] = max(0.0, 100 * (busy - server_cpu - wrk_cpu) / wall)
     return report
 
 
@@ -316,20 +344,17 @@ class Result:
     p99_ms: float
     server_cpu_pct: float
     wrk_cpu_pct: float
+    other_cpu_pct: float
     errors: int
     rounds: list[dict[str, Any]]
 
 
-def measure(server: Server, endpoint: str, connections: int, args: argparse.Namespace) -> Result:
-    url = server.url(endpoint)
-    wrk(url, connections, WARMUP_S, server)
-    rounds = [wrk(url, connections, args.duration, server) for _ in range(args.rounds)]
-
+def summarize(server: str, endpoint: str, connections: int, rounds: list[dict[str, Any]]) -> Result:
     def median(key: str) -> float:
         return float(statistics.median(r[key] for r in rounds))
 
     result = Result(
-        server=server.spec.name,
+        server=server,
         endpoint=endpoint,
         connections=connections,
         rps=median("rps"),
@@ -337,11 +362,12 @@ def measure(server: Server, endpoint: str, connections: int, args: argparse.Name
         p99_ms=statistics.median(r["latency_us"]["p99"] for r in rounds) / 1000,
         server_cpu_pct=median("server_cpu_pct"),
         wrk_cpu_pct=median("wrk_cpu_pct"),
+        other_cpu_pct=median("other_cpu_pct"),
         errors=sum(sum(r["errors"].values()) for r in rounds),
         rounds=rounds,
     )
     log(
-        f"{result.server} {endpoint} c={connections}: {result.rps:,.0f} req/s, "
+        f"{server} {endpoint} c={connections}: {result.rps:,.0f} req/s, "
         f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms"
     )
     return result
@@ -384,19 +410,43 @@ def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
     return specs
 
 
-def bench_server(
-    spec: ServerSpec, workdir: Path, args: argparse.Namespace
+def bench(
+    specs: list[ServerSpec], workdir: Path, args: argparse.Namespace
 ) -> tuple[list[Result], dict[str, Any]]:
-    with running(spec, workdir) as server:
-        sizes = server.wait_ready()
-        info: dict[str, Any] = {"argv": server.argv, "env": spec.env, "body_bytes": sizes, "rss_kb": {}}
+    """Starts every server (idle ones cost core 0 nothing), then measures them in turns: per connection
+    count, each target's warm-up, then round 1 of every target, round 2 of every target, ... so that a
+    disturbance on the shared machine spreads over all targets instead of falling on one."""
+    with contextlib.ExitStack() as stack:
+        servers = []
+        info: dict[str, Any] = {}
+        for spec in specs:
+            log(f"starting {spec.name}")
+            server = stack.enter_context(running(spec, workdir))
+            # Ready (its port bound) before the next server picks a free port.
+            info[spec.name] = {"argv": server.argv, "env": spec.env, "body_bytes": server.wait_ready()}
+            servers.append(server)
+        for server in servers:
+            info[server.spec.name]["rss_kb_before"] = server.rss_kb()
+        targets = [(server, endpoint) for server in servers for endpoint in server.spec.endpoints]
         results = []
-        for endpoint in spec.endpoints:
-            before = server.rss_kb()
-            for connections in args.connections:
-                results.append(measure(server, endpoint, connections, args))
-            info["rss_kb"][endpoint] = {"before": before, "after": server.rss_kb()}
-            info["workers"] = server.workers()
+        for connections in args.connections:
+            rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for server, endpoint in targets:
+                wrk(server.url(endpoint), connections, WARMUP_S, server)
+                rounds[server.spec.name, endpoint] = []
+            for n in range(args.rounds):
+                log(f"c={connections}: round {n + 1} of {args.rounds}")
+                shift = n % len(targets)  # rotate the order, so no target always follows the same one
+                for server, endpoint in targets[shift:] + targets[:shift]:
+                    idle_busy_pct = wait_quiet()
+                    run = wrk(server.url(endpoint), connections, args.duration, server)
+                    run["busy_pct_before"] = idle_busy_pct
+                    rounds[server.spec.name, endpoint].append(run)
+            for (name, endpoint), runs in rounds.items():
+                results.append(summarize(name, endpoint, connections, runs))
+        for server in servers:
+            info[server.spec.name]["rss_kb_after"] = server.rss_kb()
+            info[server.spec.name]["worker_pids"] = server.workers()
         return results, info
 
 
@@ -422,18 +472,22 @@ def report(
         f"`{env['command']}`",
         "",
         f"Server on core {SERVER_CPU}, `wrk -t1` on core {WRK_CPU}; per connection count a {WARMUP_S} s "
-        f"warm-up, then the median of {args.rounds} rounds of {args.duration} s. "
-        "Ratios compare servers within this run.",
+        f"warm-up, then the median of {args.rounds} rounds of {args.duration} s, taken in turns across the "
+        "servers. "
+        "Ratios compare servers within this run. CPU columns are % of one core during the rounds: the "
+        "server's processes, wrk, and everything else on the machine (other CPU % well above 0 means the "
+        f"numbers are disturbed; each round waits, up to {QUIET_TIMEOUT_S:.0f} s, for the machine to be "
+        "idle first).",
         "",
         "| server | endpoint | connections | req/s | p50 ms | p99 ms | ratio to ceiling | server CPU % "
-        "| wrk CPU % | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wrk CPU % | other CPU % | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.server} | {r.endpoint} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} "
             f"| {ratio(r.rps, rps(CEILING, '/health', r.connections))} | {r.server_cpu_pct:.0f} "
-            f"| {r.wrk_cpu_pct:.0f} | {r.errors} |"
+            f"| {r.wrk_cpu_pct:.0f} | {r.other_cpu_pct:.0f} | {r.errors} |"
         )
     lines += ["", "## Ratios", ""]
     lines += [
@@ -458,10 +512,9 @@ def report(
             if health and ready and ready < 0.8 * health:
                 warnings.append(f"Phoenix /ready (log {state}) is below 0.8x /health at c={connections}")
     lines += ["", "## Memory (VmRSS of the worker processes, MiB)", ""]
-    lines += ["| server | endpoint | before load | after load |", "|---|---|---:|---:|"]
+    lines += ["| server | before load | after load |", "|---|---:|---:|"]
     for name, info in servers.items():
-        for endpoint, rss in info["rss_kb"].items():
-            lines.append(f"| {name} | {endpoint} | {rss['before'] / 1024:.1f} | {rss['after'] / 1024:.1f} |")
+        lines.append(f"| {name} | {info['rss_kb_before'] / 1024:.1f} | {info['rss_kb_after'] / 1024:.1f} |")
     if warnings:
         lines += ["", "## Below target", "", *[f"- {w}" for w in warnings]]
     lines += ["", "## Machine", ""]
@@ -491,6 +544,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C does, through the finally blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset"):
         sys.exit("needs taskset and at least 2 usable cores (server on core 0, wrk on core 1)")
     ensure_wrk()
@@ -501,13 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         **machine(),
     }
-    results: list[Result] = []
-    servers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-http-") as tmp:
-        for spec in server_specs(Path(tmp), with_fastapi):
-            log(f"starting {spec.name}")
-            server_results, servers[spec.name] = bench_server(spec, Path(tmp), args)
-            results += server_results
+        results, servers = bench(server_specs(Path(tmp), with_fastapi), Path(tmp), args)
     env["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
     markdown = report(results, servers, env, args)
     print(markdown)

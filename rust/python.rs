@@ -303,6 +303,17 @@ impl Core {
         Ok(())
     }
 
+    /// Resolves once the native subsystems (if any) have finished initialising.
+    fn wait_initialised<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let phoenix = self.0.phoenix.get().cloned();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            if let Some(phoenix) = phoenix {
+                phoenix.wait_initialised().await;
+            }
+            Ok(())
+        })
+    }
+
     /// True once the native subsystems (if any) have finished initialising.
     #[getter]
     fn initialised(&self) -> bool {

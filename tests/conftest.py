@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -132,8 +133,6 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop(timeout=10)
-        try:  # a worker must never outlive its test
+        with contextlib.suppress(ProcessLookupError):  # a worker must never outlive its test
             os.killpg(server.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         server._log.close()

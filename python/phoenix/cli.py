@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -45,7 +46,12 @@ def load_kernel(settings: Settings) -> Kernel:
         except AttributeError:
             raise ConfigError(f"invalid value for app: {settings.app!r} has no attribute {attr!r}") from None
     if not isinstance(target, Kernel) and callable(target):
-        target = target()
+        try:
+            target = target()
+        except Exception as exc:
+            raise ConfigError(
+                f"invalid value for app: calling {settings.app!r} failed: {type(exc).__name__}: {exc}"
+            ) from None
     if not isinstance(target, Kernel):
         raise ConfigError(
             f"invalid value for app: {settings.app!r} is {type(target).__name__}, not a phoenix.Kernel"
@@ -100,10 +106,9 @@ def _serve(settings: Settings) -> int:
 
 async def _check_once(kernel: Kernel) -> dict[str, Any]:
     kernel.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CHECK_STARTUP_WAIT_S
-    while not kernel.initialised and loop.time() < deadline:
-        await asyncio.sleep(0.01)
+    # A start-up that never finishes is judged as it stands: its subsystems report "initialising".
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(kernel.wait_initialised(), CHECK_STARTUP_WAIT_S)
     return await kernel.check()
 
 

@@ -7,13 +7,13 @@ import inspect
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from . import _core
 from .app import ASGIApp, RSGIHandler, rsgi_handler
 
-Metric = Union[float, bool]
-CheckFunc = Callable[[], Union[Metric, Awaitable[Metric]]]
+Metric = float | bool
+CheckFunc = Callable[[], Metric | Awaitable[Metric]]
 F = TypeVar("F", bound=CheckFunc)
 
 
@@ -47,9 +47,7 @@ class Kernel:
         # setting rather than testing it per request.
         self.__rsgi__: RSGIHandler = rsgi_handler(self._core, request_log=enabled)
 
-    def subsystem(
-        self, name: str, *, threshold: float, timeout_ms: int | None = None
-    ) -> Callable[[F], F]:
+    def subsystem(self, name: str, *, threshold: float, timeout_ms: int | None = None) -> Callable[[F], F]:
         """Registers a check. It returns a float metric, or a bool (``True`` means 1.0), and the
         subsystem is ready when the metric is above ``threshold``. ``async def`` checks run on the
         serving event loop; plain functions run in a thread. Either is abandoned (reported as timed
@@ -75,7 +73,12 @@ class Kernel:
 
     @property
     def initialised(self) -> bool:
+        """True once the native subsystems (if any) have finished their background start-up."""
         return self._core.initialised
+
+    async def wait_initialised(self) -> None:
+        """Waits for the background start-up begun by :meth:`start`."""
+        await self._core.wait_initialised()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start(loop)

@@ -23,7 +23,7 @@ def dictconfig(level: str, base: dict[str, Any] | None = None) -> dict[str, Any]
     Granian replaces its whole ``loggers`` section with whatever it is given, so its own entries are
     passed in as ``base`` and kept.
     """
-    config = copy.deepcopy(base) if base else {"version": 1, "loggers": {}}
+    config: dict[str, Any] = copy.deepcopy(base) if base else {"version": 1, "loggers": {}}
     config["disable_existing_loggers"] = False
     config.setdefault("formatters", {})["phoenix"] = {"format": _FORMAT}
     config.setdefault("handlers", {})["phoenix"] = {

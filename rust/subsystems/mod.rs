@@ -8,7 +8,6 @@ pub mod triune_conscience;
 pub mod world_model;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -39,7 +38,8 @@ pub struct Phoenix {
     memory: OnceLock<Result<PlasticLtm, String>>,
     conscience: OnceLock<AxiomSet>,
     world: WorldModel,
-    initialised: AtomicBool,
+    /// Flips to true once; a watch channel so that callers can await it rather than poll.
+    initialised: tokio::sync::watch::Sender<bool>,
 }
 
 impl Phoenix {
@@ -52,7 +52,7 @@ impl Phoenix {
             memory: OnceLock::new(),
             conscience: OnceLock::new(),
             world: WorldModel::new(),
-            initialised: AtomicBool::new(false),
+            initialised: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -68,11 +68,18 @@ impl Phoenix {
         }
         self.conscience();
         self.record_system_entry();
-        self.initialised.store(true, Ordering::Release);
+        self.initialised.send_replace(true);
     }
 
     pub fn is_initialised(&self) -> bool {
-        self.initialised.load(Ordering::Acquire)
+        *self.initialised.borrow()
+    }
+
+    /// Resolves once [`Phoenix::initialise`] has finished.
+    pub async fn wait_initialised(&self) {
+        let mut seen = self.initialised.subscribe();
+        // The sender lives as long as `self`, so waiting can only end by the flag turning true.
+        let _ = seen.wait_for(|done| *done).await;
     }
 
     /// The store, opening it on first use; concurrent callers wait for that one opening.

@@ -1,0 +1,88 @@
+"""`phoenix serve` and `phoenix check` as a user runs them: exit statuses and what they print."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import phoenix_env
+
+
+def phoenix(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "phoenix", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=phoenix_env(**(env or {})),
+        timeout=60,
+    )
+
+
+def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Listening" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needles"),
+    [
+        (["--port", "abc"], {}, ["port", "command line"]),
+        (["--port", "70000"], {}, ["port"]),
+        (["--workers", "0"], {}, ["workers"]),
+        ([], {"PHOENIX_PORT": "x"}, ["port", "PHOENIX_PORT"]),
+        ([], {"PHOENIX_REQUEST_LOG": "maybe"}, ["request_log", "PHOENIX_REQUEST_LOG"]),
+        (["--config", "missing.toml"], {}, ["missing.toml"]),
+        (["--app", "no_such_module:kernel"], {}, ["app", "no_such_module"]),
+        (["--app", "tests.apps:nothing_here"], {}, ["app", "nothing_here"]),
+        (["--app", "json:dumps"], {}, ["app", "calling 'json:dumps' failed: TypeError"]),
+        (["--app", "tests.apps:_never"], {}, ["app", "not a phoenix.Kernel"]),
+        (["--workers", "2"], {}, ["workers", "one process"]),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], needles: list[str]
+) -> None:
+    assert_config_error(phoenix("serve", *args, cwd=tmp_path, env=env), *needles)
+
+
+def test_bad_config_file_names_the_file_and_key(tmp_path: Path) -> None:
+    (tmp_path / "phoenix.toml").write_text("port = 5001\nprot = 1\n")
+    assert_config_error(phoenix("serve", cwd=tmp_path), "prot", "phoenix.toml")
+    (tmp_path / "phoenix.toml").write_text("port = [")
+    assert_config_error(phoenix("check", cwd=tmp_path), "phoenix.toml")
+
+
+def test_check_exits_0_when_the_default_kernel_is_ready(tmp_path: Path) -> None:
+    result = phoenix("check", "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "ready"
+    assert set(report["subsystems"]) == {"plastic_ltm", "triune_conscience", "world_model"}
+
+
+def test_check_exits_1_and_reports_why_when_not_ready(tmp_path: Path) -> None:
+    result = phoenix("check", "--app", "tests.apps:failing", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["missing"] == ["raises", "low"]
+    assert report["subsystems"]["raises"]["error"].startswith("ValueError")
+
+
+def test_data_dir_precedence_is_cli_then_env_then_file(tmp_path: Path) -> None:
+    (tmp_path / "phoenix.toml").write_text('[phoenix]\ndata_dir = "from-file"\n')
+    env = {"PHOENIX_DATA_DIR": "from-env"}
+    assert phoenix("check", cwd=tmp_path).returncode == 0
+    assert phoenix("check", cwd=tmp_path, env=env).returncode == 0
+    assert phoenix("check", "--data-dir", "from-cli", cwd=tmp_path, env=env).returncode == 0
+    for used in ("from-file", "from-env", "from-cli"):
+        assert (tmp_path / used / "plastic_ltm.redb").exists(), used

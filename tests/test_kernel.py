@@ -1,0 +1,179 @@
+"""The Python API, in-process: registering checks, the native subsystems' handles, ASGI mounting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import phoenix
+from phoenix import Kernel, default_kernel
+
+
+def check(kernel: Kernel) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        kernel.start()
+        await asyncio.wait_for(kernel.wait_initialised(), 10)
+        assert kernel.initialised
+        return await kernel.check()
+
+    return asyncio.run(run())
+
+
+def test_version_is_exposed() -> None:
+    assert phoenix.__version__ == "0.1.0"
+
+
+def test_sync_and_async_checks_with_float_and_bool_metrics() -> None:
+    kernel = Kernel()
+
+    @kernel.subsystem("a", threshold=0.5)
+    async def a() -> float:
+        return 0.75
+
+    @kernel.subsystem("b", threshold=0.5)
+    def b() -> bool:
+        return True
+
+    @kernel.subsystem("c", threshold=0.5)
+    def c() -> bool:
+        return False
+
+    report = check(kernel)
+    assert report["status"] == "not_ready"
+    assert report["subsystems"]["a"]["metric"] == 0.75
+    assert report["subsystems"]["b"]["metric"] == 1.0
+    assert report["subsystems"]["c"]["metric"] == 0.0
+    assert report["missing"] == ["c"]
+    assert kernel.subsystems == ["a", "b", "c"]
+
+
+def test_the_decorator_returns_the_function_unchanged() -> None:
+    kernel = Kernel()
+
+    def probe() -> float:
+        return 1.0
+
+    assert kernel.subsystem("p", threshold=0.1)(probe) is probe
+
+
+def test_raising_and_wrongly_typed_checks_fail_with_a_short_reason() -> None:
+    kernel = Kernel()
+
+    @kernel.subsystem("raises", threshold=0.5)
+    async def raises() -> float:
+        raise ConnectionError("refused")
+
+    @kernel.subsystem("text", threshold=0.5)
+    def text() -> Any:
+        return "fine"
+
+    report = check(kernel)
+    assert report["subsystems"]["raises"]["error"] == "ConnectionError: refused"
+    assert report["subsystems"]["text"]["error"] == "check returned str, expected a float or a bool"
+
+
+def test_registering_a_name_twice_is_refused() -> None:
+    kernel = Kernel()
+    kernel.subsystem("db", threshold=0.5)(lambda: 1.0)
+    with pytest.raises(ValueError, match="already registered"):
+        kernel.subsystem("db", threshold=0.5)(lambda: 1.0)
+
+
+def test_bad_threshold_and_timeout_are_refused() -> None:
+    kernel = Kernel()
+    with pytest.raises(ValueError, match="threshold"):
+        kernel.subsystem("x", threshold=float("nan"))(lambda: 1.0)
+    with pytest.raises(ValueError, match="timeout_ms"):
+        kernel.subsystem("y", threshold=0.5, timeout_ms=0)(lambda: 1.0)
+
+
+def test_default_kernel_is_missing_everything_before_start(tmp_path: Path) -> None:
+    kernel = default_kernel(tmp_path)
+
+    async def run() -> dict[str, Any]:
+        return await kernel.check()
+
+    report = asyncio.run(run())
+    assert report["missing"] == ["plastic_ltm", "triune_conscience", "world_model"]
+    assert {d["error"] for d in report["subsystems"].values()} == {"initialising"}
+    assert not (tmp_path / "plastic_ltm.redb").exists(), "nothing touches the disk before start"
+
+
+def test_memory_stores_and_retrieves_records(tmp_path: Path) -> None:
+    kernel = default_kernel(tmp_path)
+    first = kernel.memory.store(b"\x00payload", {"kind": "episode"})
+    second = kernel.memory.store(b"more")
+    assert second > first
+    assert kernel.memory.retrieve(first) == (b"\x00payload", {"kind": "episode"})
+    assert kernel.memory.retrieve(second) == (b"more", {})
+    assert len(kernel.memory) == 2
+    assert kernel.memory.integrity() == 1.0
+    with pytest.raises(KeyError):
+        kernel.memory.retrieve(999)
+    assert kernel.memory.path == tmp_path / "plastic_ltm.redb"
+
+
+def test_conscience_uses_built_in_axioms_or_the_data_dir_file(tmp_path: Path) -> None:
+    builtin = default_kernel(tmp_path / "a")
+    assert builtin.conscience.source == "built-in"
+    assert len(builtin.conscience.axioms()) >= 10
+    assert builtin.conscience.alignment() == 1.0
+
+    custom = tmp_path / "b"
+    custom.mkdir()
+    axioms = [{"id": f"rule_{i}", "statement": f"Rule {i}."} for i in range(9)]
+    (custom / "axioms.json").write_text(json.dumps({"version": 1, "axioms": axioms}))
+    kernel = default_kernel(custom)
+    assert kernel.conscience.source == str(custom / "axioms.json")
+    assert kernel.conscience.alignment() == pytest.approx(0.9)
+    assert check(kernel)["missing"] == ["triune_conscience"], "0.9 is not above 0.90"
+
+
+def test_world_model_holds_json_values(tmp_path: Path) -> None:
+    kernel = default_kernel(tmp_path)
+    world = kernel.world
+    assert world.coherence() == 0.0
+    world.update("goal", {"name": "explore", "priority": [1, 2.5, None, True]})
+    assert world.get("goal") == {"name": "explore", "priority": [1, 2.5, None, True]}
+    assert world.get("absent") is None
+    assert world.keys() == ["goal"]
+    assert world.coherence() == 1.0
+    assert world.updated_at("goal") is not None
+    assert world.remove("goal")
+    assert len(world) == 0
+    with pytest.raises(TypeError):
+        world.update("bad", object())
+
+
+def test_started_kernel_records_its_system_entry(tmp_path: Path) -> None:
+    kernel = default_kernel(tmp_path)
+    report = check(kernel)
+    assert report["status"] == "ready", report
+    assert kernel.world.get("system")["kernel"] == "phoenix"
+
+
+def test_asgi_app_mounts_under_a_prefix_with_lifespan() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    kernel = Kernel()
+
+    @kernel.subsystem("cache", threshold=0.5)
+    async def cache() -> float:
+        return 1.0
+
+    app = Starlette(routes=[Mount("/probe", kernel.asgi())])
+    with TestClient(app) as client:
+        assert client.get("/probe/health").json()["status"] == "healthy"
+        ready = client.get("/probe/ready")
+        assert ready.status_code == 200
+        assert ready.json()["subsystems"]["cache"]["ready"] is True
+        head = client.head("/probe/ready")
+        assert (head.status_code, head.content) == (200, b"")
+        assert client.post("/probe/health").headers["allow"] == "GET, HEAD"
+        assert client.get("/probe/missing").json()["error"] == "Not Found"
