@@ -1,6 +1,7 @@
 //! The Rust core of Phoenix. Everything but `python` is plain Rust, tested with `cargo test`;
 //! `python` is the one thin layer that converts types, releases the GIL and bridges async.
 
+pub mod access_log;
 pub mod cache;
 pub mod checks;
 pub mod render;

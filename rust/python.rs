@@ -2,6 +2,7 @@
 //! bridges tokio with asyncio. Everything it calls is plain Rust from the sibling modules.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,10 +12,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::future::{ready, FutureExt};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::Runtime;
 
+use crate::access_log::{self, AccessLog};
 use crate::cache::{Entry, Lookup, TtlCache};
 use crate::checks::{start_round, CheckFuture, CheckResult, Probe, Report, Subsystem};
 use crate::render;
@@ -30,7 +33,9 @@ fn runtime() -> &'static Runtime {
 struct Rendered {
     status: u16,
     body: Vec<u8>,
-    python: OnceLock<(Py<PyTuple>, Py<PyTuple>)>,
+    // PyOnceLock, not OnceLock: building the tuples runs Python code, which may release the GIL, and a
+    // second thread blocking on a std lock while holding the GIL would deadlock.
+    python: PyOnceLock<(Py<PyTuple>, Py<PyTuple>)>,
 }
 
 impl Rendered {
@@ -38,14 +43,14 @@ impl Rendered {
         Self {
             status,
             body,
-            python: OnceLock::new(),
+            python: PyOnceLock::new(),
         }
     }
 
     /// The `(status, headers, body)` tuple for GET, or the same without a body for HEAD; the same
     /// objects on every call, so a cache hit allocates nothing.
     fn response(&self, py: Python<'_>, headers: &Py<PyList>, head: bool) -> Py<PyTuple> {
-        let (get, head_only) = self.python.get_or_init(|| {
+        let (get, head_only) = self.python.get_or_init(py, || {
             let tuple = |body: &[u8]| {
                 PyTuple::new(
                     py,
@@ -74,6 +79,8 @@ struct Inner {
     /// The event loop that `async def` checks run on.
     event_loop: Arc<ArcSwapOption<TaskLocals>>,
     running: AtomicBool,
+    /// Created on first use, inside the serving process (its flusher thread must not precede a fork).
+    access_log: OnceLock<Arc<AccessLog<io::Stderr>>>,
     json_headers: Py<PyList>,
     not_allowed_headers: Py<PyList>,
 }
@@ -180,6 +187,7 @@ impl Core {
             phoenix: OnceLock::new(),
             event_loop: Arc::new(ArcSwapOption::empty()),
             running: AtomicBool::new(false),
+            access_log: OnceLock::new(),
             json_headers: headers(None)?,
             not_allowed_headers: headers(Some(("allow", ALLOWED_METHODS)))?,
         };
@@ -218,6 +226,29 @@ impl Core {
                 Python::attach(|_| inner.refresh_ready());
             }
         })
+    }
+
+    /// Appends one line to the request log (see `access_log.rs`): the RSGI path's `phoenix.api` log.
+    fn log_request(&self, method: &str, path: &str, status: u16, elapsed_s: f64) {
+        let log = self.0.access_log.get_or_init(|| {
+            let log = AccessLog::new(io::stderr());
+            // Without the flusher, lines still go out whenever the buffer fills and at shutdown.
+            let _ = AccessLog::spawn_flusher(Arc::downgrade(&log), access_log::FLUSH_EVERY);
+            log
+        });
+        log.record(
+            method,
+            path,
+            status,
+            Duration::from_secs_f64(elapsed_s.max(0.0)),
+        );
+    }
+
+    /// Writes out buffered request-log lines now (at worker shutdown).
+    fn flush_log(&self, py: Python<'_>) {
+        if let Some(log) = self.0.access_log.get() {
+            let _ = py.detach(|| log.flush());
+        }
     }
 
     /// The JSON error response for `code`, e.g. 500 when the glue itself failed.

@@ -49,12 +49,16 @@ async def _respond(core: _core.Core, method: str, path: str) -> _core.Response:
 
 
 def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
+    """The handler Granian calls. Its request log is written by the core (batched, off the GIL): a
+    ``logging`` call per request would cost as much as serving it. It still honours the ``phoenix.api``
+    logger's level, as it stands when the handler is built."""
     route = core.route
     ready_wait = core.ready_wait
+    log_request = core.log_request if request_log and _access.isEnabledFor(logging.INFO) else None
 
     # `_respond` inlined: an extra coroutine per request is a measurable share of a cache hit.
     async def handle(scope: _RSGIScope, proto: _RSGIProtocol) -> None:
-        started = time.perf_counter() if request_log else 0.0
+        started = time.perf_counter() if log_request else 0.0
         method = scope.method
         path = scope.path
         try:
@@ -64,9 +68,8 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
         except Exception:
             response = _internal_error(core, method, path)
         proto.response_bytes(*response)
-        if request_log and _access.isEnabledFor(logging.INFO):
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            _access.info("%s %s %d %.3fms", method, path, response[0], elapsed_ms)
+        if log_request:
+            log_request(method, path, response[0], time.perf_counter() - started)
 
     return handle
 
@@ -80,8 +83,9 @@ class ASGIApp:
     """A kernel as an ASGI 3 application. Mounted under a prefix, it serves ``<prefix>/health`` and
     ``<prefix>/ready``; lifespan events start the kernel's background work."""
 
-    def __init__(self, core: _core.Core) -> None:
+    def __init__(self, core: _core.Core, *, request_log: bool) -> None:
         self._core = core
+        self._request_log = request_log
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -110,7 +114,9 @@ class ASGIApp:
         # Starlette keeps the full path and puts the mount prefix in root_path; others strip it.
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
-        status, headers, body = await _respond(self._core, scope["method"], path)
+        started = time.perf_counter()
+        method: str = scope["method"]
+        status, headers, body = await _respond(self._core, method, path)
         await send(
             {
                 "type": "http.response.start",
@@ -119,3 +125,7 @@ class ASGIApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
+        # Mounted in a host application, the request log goes through `logging` like the host's own.
+        if self._request_log:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            _access.info("%s %s %d %.3fms", method, path, status, elapsed_ms)

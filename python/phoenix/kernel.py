@@ -83,6 +83,10 @@ class Kernel:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start(loop)
 
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Worker processes end without running atexit hooks: write out the buffered request log now.
+        self._core.flush_log()
+
     async def check(self) -> dict[str, Any]:
         """Runs every check once, now, bypassing the cache; returns the ``/ready`` body."""
         _ready, _status, body = await self._core.check()
@@ -91,7 +95,7 @@ class Kernel:
 
     def asgi(self) -> ASGIApp:
         """This kernel as an ASGI application, e.g. ``app.mount("/probe", kernel.asgi())``."""
-        return ASGIApp(self._core)
+        return ASGIApp(self._core, request_log=self._request_log)
 
 
 class PhoenixKernel(Kernel):

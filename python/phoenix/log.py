@@ -9,12 +9,21 @@ from __future__ import annotations
 import copy
 import logging
 import logging.config
+import time
 from typing import Any
 
 API_LOGGER = "phoenix.api"
 KERNEL_LOGGER = "phoenix.kernel"
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UTCFormatter(logging.Formatter):
+    """Timestamps as RFC 3339 in UTC with milliseconds, matching the core's request-log lines."""
+
+    converter = staticmethod(time.gmtime)  # type: ignore[assignment]
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
 
 
 def dictconfig(level: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -25,7 +34,7 @@ def dictconfig(level: str, base: dict[str, Any] | None = None) -> dict[str, Any]
     """
     config: dict[str, Any] = copy.deepcopy(base) if base else {"version": 1, "loggers": {}}
     config["disable_existing_loggers"] = False
-    config.setdefault("formatters", {})["phoenix"] = {"format": _FORMAT}
+    config.setdefault("formatters", {})["phoenix"] = {"()": UTCFormatter, "fmt": _FORMAT}
     config.setdefault("handlers", {})["phoenix"] = {
         "class": "logging.StreamHandler",
         "formatter": "phoenix",
