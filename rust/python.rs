@@ -287,6 +287,13 @@ impl Core {
         self.add(name, "metric", threshold, timeout_ms, Box::new(probe))
     }
 
+    /// Registers a native check that always passes, like Kubernetes' `ping` check: proof that the
+    /// core answers, a placeholder while a real check is written, and a baseline for benchmarks.
+    fn add_ping(&self, name: String) -> PyResult<()> {
+        let probe = crate::checks::FnProbe(|| ready(Ok(1.0)));
+        self.add(name, "ping", 0.0, None, Box::new(probe))
+    }
+
     /// Adds the three native Phoenix subsystems over `data_dir` and returns their Python handles
     /// `(memory, conscience, world)`. Nothing touches the disk until `start`.
     fn add_phoenix(

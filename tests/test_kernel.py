@@ -62,6 +62,16 @@ def test_a_cache_hit_returns_the_same_response_objects() -> None:
     assert head[:2] == first[:2]
 
 
+def test_ping_is_a_native_check_that_always_passes() -> None:
+    kernel = Kernel()
+    kernel.add_ping()
+    kernel.add_ping("ping2")
+    report = check(kernel)
+    assert report["status"] == "ready"
+    assert report["subsystems"]["ping"]["metric"] == 1.0
+    assert kernel.subsystems == ["ping", "ping2"]
+
+
 def test_the_decorator_returns_the_function_unchanged() -> None:
     kernel = Kernel()
 

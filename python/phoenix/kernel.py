@@ -62,6 +62,10 @@ class Kernel:
 
         return register
 
+    def add_ping(self, name: str = "ping") -> None:
+        """Adds a native check that always passes (Kubernetes' ``ping``): it proves the core answers."""
+        self._core.add_ping(name)
+
     @property
     def subsystems(self) -> list[str]:
         return self._core.subsystem_names
