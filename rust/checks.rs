@@ -10,9 +10,10 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use futures::future::{join_all, BoxFuture, FutureExt, Shared};
 use tokio::runtime::Handle;
 
@@ -25,21 +26,83 @@ pub trait Probe: Send + Sync {
     fn start(&self) -> CheckFuture;
 }
 
-/// One registered subsystem: what it measures, when it counts as ready, and how long it may take.
+/// How a subsystem is judged and scheduled.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Ready only when the metric is strictly above this.
+    pub threshold: f64,
+    /// A metric above `threshold` but not above this is `warn`: still ready, but flagged.
+    pub warn_threshold: Option<f64>,
+    pub timeout: Duration,
+    /// Checked in the background on this period instead of per round; rounds read the latest result.
+    pub interval: Option<Duration>,
+    /// Readiness flips to not-ready only after this many failures in a row (at least 1), and flips
+    /// back on the first success. Tolerated failures are reported as `warn`.
+    pub failures_before_unready: u32,
+}
+
+impl Policy {
+    pub fn new(threshold: f64, timeout: Duration) -> Self {
+        Self {
+            threshold,
+            warn_threshold: None,
+            timeout,
+            interval: None,
+            failures_before_unready: 1,
+        }
+    }
+}
+
+/// A subsystem's state as reported: pass and warn are ready, fail and pending are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+    /// No result yet: still initialising, or a background check that has not reported.
+    Pending,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::Pending => "pending",
+        }
+    }
+
+    pub fn is_ready(self) -> bool {
+        matches!(self, Status::Pass | Status::Warn)
+    }
+}
+
+/// Whether a subsystem can be checked yet (e.g. its native state has finished initialising).
+pub type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// One registered subsystem: what it measures, how it is judged, and its recent history.
 pub struct Subsystem {
     pub name: String,
     /// What the metric means (`integrity`, `alignment`, …); used in messages.
     pub measurement: String,
-    pub threshold: f64,
-    pub timeout: Duration,
+    pub policy: Policy,
     probe: Box<dyn Probe>,
+    gate: Option<Gate>,
     current: Mutex<Option<Run>>,
+    history: Mutex<History>,
+    latest: ArcSwapOption<Outcome>,
 }
 
 #[derive(Clone)]
 struct Run {
     result: Shared<CheckFuture>,
     finished: Arc<AtomicBool>,
+}
+
+struct History {
+    status: Status,
+    consecutive_failures: u32,
 }
 
 /// Marks a run finished when its task ends, whether it returned or unwound.
@@ -55,18 +118,32 @@ impl Subsystem {
     pub fn new(
         name: impl Into<String>,
         measurement: impl Into<String>,
-        threshold: f64,
-        timeout: Duration,
+        policy: Policy,
         probe: Box<dyn Probe>,
     ) -> Self {
         Self {
             name: name.into(),
             measurement: measurement.into(),
-            threshold,
-            timeout,
+            policy,
             probe,
+            gate: None,
             current: Mutex::new(None),
+            history: Mutex::new(History {
+                status: Status::Pending,
+                consecutive_failures: 0,
+            }),
+            latest: ArcSwapOption::empty(),
         }
+    }
+
+    /// Reports `pending` ("initialising") without running the probe until `gate` returns true.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn gate_open(&self) -> bool {
+        self.gate.as_ref().is_none_or(|gate| gate())
     }
 
     /// Starts a run on `rt`, or joins the previous one if it is still pending. Returns the run and
@@ -106,6 +183,155 @@ impl Subsystem {
         *current = Some(run.clone());
         (run, false)
     }
+
+    /// Measures now (joining a pending run), judges the result and records it. Starting happens
+    /// synchronously, in the caller's context; the future needs a tokio runtime for its deadline.
+    fn measure(self: &Arc<Self>, rt: &Handle) -> impl Future<Output = Outcome> + Send + 'static {
+        let this = Arc::clone(self);
+        let gate_open = self.gate_open();
+        let started = Instant::now();
+        let run = gate_open.then(|| self.begin(rt));
+        async move {
+            let outcome = match run {
+                None => this.pending_outcome("initialising"),
+                Some((run, joined)) => {
+                    let result = tokio::time::timeout(this.policy.timeout, run.result)
+                        .await
+                        .ok();
+                    let verdict = this.judge(result, joined);
+                    this.record(verdict, started.elapsed())
+                }
+            };
+            this.latest.store(Some(Arc::new(outcome.clone())));
+            outcome
+        }
+    }
+
+    fn pending_outcome(&self, why: &str) -> Outcome {
+        Outcome {
+            name: self.name.clone(),
+            measurement: self.measurement.clone(),
+            threshold: self.policy.threshold,
+            metric: None,
+            status: Status::Pending,
+            latency: Duration::ZERO,
+            message: Some(why.to_owned()),
+            at: SystemTime::now(),
+        }
+    }
+
+    fn judge(
+        &self,
+        result: Option<CheckResult>,
+        joined: bool,
+    ) -> (Option<f64>, Status, Option<String>) {
+        let policy = &self.policy;
+        let what = &self.measurement;
+        match result {
+            None => {
+                let mut why = format!("timed out after {} ms", policy.timeout.as_millis());
+                if joined {
+                    why.push_str(" (still running from an earlier round)");
+                }
+                (None, Status::Fail, Some(why))
+            }
+            Some(Err(why)) => (None, Status::Fail, Some(redact_paths(&why))),
+            Some(Ok(metric)) if !metric.is_finite() => (
+                None,
+                Status::Fail,
+                Some(format!("{what} is not a finite number")),
+            ),
+            Some(Ok(metric)) if metric <= policy.threshold => (
+                Some(metric),
+                Status::Fail,
+                Some(format!("{what} {metric:.2} <= {:.2}", policy.threshold)),
+            ),
+            Some(Ok(metric)) => match policy.warn_threshold {
+                Some(warn) if metric <= warn => (
+                    Some(metric),
+                    Status::Warn,
+                    Some(format!("{what} {metric:.2} <= warn {warn:.2}")),
+                ),
+                _ => (Some(metric), Status::Pass, None),
+            },
+        }
+    }
+
+    /// Applies the failure tolerance, logs a change of status once, and builds the outcome.
+    fn record(&self, verdict: (Option<f64>, Status, Option<String>), latency: Duration) -> Outcome {
+        let (metric, mut status, mut message) = verdict;
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        if status == Status::Fail {
+            history.consecutive_failures += 1;
+            let limit = self.policy.failures_before_unready.max(1);
+            if history.status.is_ready() && history.consecutive_failures < limit {
+                status = Status::Warn;
+                message = Some(format!(
+                    "failure {} of {limit} tolerated: {}",
+                    history.consecutive_failures,
+                    message.as_deref().unwrap_or("failed")
+                ));
+            }
+        } else {
+            history.consecutive_failures = 0;
+        }
+        if history.status != status {
+            let change = format!(
+                "{}: {} -> {}{}",
+                self.name,
+                history.status.as_str(),
+                status.as_str(),
+                message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
+            );
+            if status.is_ready() {
+                log::info!(target: "phoenix.kernel", "{change}");
+            } else {
+                log::warn!(target: "phoenix.kernel", "{change}");
+            }
+            history.status = status;
+        }
+        Outcome {
+            name: self.name.clone(),
+            measurement: self.measurement.clone(),
+            threshold: self.policy.threshold,
+            metric,
+            status,
+            latency,
+            message,
+            at: SystemTime::now(),
+        }
+    }
+
+    /// The latest background result, or `pending` before the first one.
+    fn latest_outcome(&self) -> Outcome {
+        match self.latest.load_full() {
+            Some(outcome) => Outcome::clone(&outcome),
+            None if !self.gate_open() => self.pending_outcome("initialising"),
+            None => self.pending_outcome("no result yet"),
+        }
+    }
+
+    /// Checks `this` every `policy.interval` until the subsystem is dropped. A run that hangs past
+    /// its deadline is joined by the next tick, never duplicated.
+    pub async fn run_in_background(this: Weak<Self>, rt: Handle) {
+        let Some(every) = this.upgrade().and_then(|s| s.policy.interval) else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(subsystem) = this.upgrade() else {
+                return;
+            };
+            let measuring = subsystem.measure(&rt);
+            drop(subsystem);
+            measuring.await;
+        }
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
@@ -118,77 +344,87 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-/// What one subsystem reported in one round.
+/// Replaces file-system paths in an error text with `<path>`: errors are shown to probe clients,
+/// and paths reveal the deployment's layout.
+pub fn redact_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let core = word.trim_matches(|c: char| "'\"(),;:[]<>".contains(c));
+        let looks_like_path = (core.starts_with('/') && core.len() > 1)
+            || core.starts_with("~/")
+            || core.starts_with("./")
+            || core.starts_with("../")
+            || core.get(1..3).is_some_and(|s| s == ":\\");
+        if looks_like_path {
+            out.push_str(&word.replace(core, "<path>"));
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
+/// What one subsystem reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub name: String,
     pub measurement: String,
     pub threshold: f64,
     pub metric: Option<f64>,
-    pub ready: bool,
+    pub status: Status,
     pub latency: Duration,
-    pub error: Option<String>,
+    /// Why it failed, what it warns about, or why it is pending.
+    pub message: Option<String>,
+    /// When the result was recorded.
+    pub at: SystemTime,
 }
 
-/// One round's verdict: ready when every subsystem is (an empty kernel is ready).
+impl Outcome {
+    pub fn ready(&self) -> bool {
+        self.status.is_ready()
+    }
+}
+
+/// One round's outcomes, in registration order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
-    pub ready: bool,
     pub outcomes: Vec<Outcome>,
 }
 
 impl Report {
+    /// Ready when every subsystem not in `excluded` is (an empty kernel is ready).
+    pub fn ready_without(&self, excluded: &[&str]) -> bool {
+        self.included(excluded).all(Outcome::ready)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready_without(&[])
+    }
+
+    pub fn included<'a>(&'a self, excluded: &'a [&str]) -> impl Iterator<Item = &'a Outcome> + 'a {
+        self.outcomes
+            .iter()
+            .filter(move |o| !excluded.contains(&o.name.as_str()))
+    }
+
     pub fn missing(&self) -> impl Iterator<Item = &Outcome> {
-        self.outcomes.iter().filter(|o| !o.ready)
+        self.outcomes.iter().filter(|o| !o.ready())
     }
 
     pub fn passing(&self) -> impl Iterator<Item = &Outcome> {
-        self.outcomes.iter().filter(|o| o.ready)
+        self.outcomes.iter().filter(|o| o.ready())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Outcome> {
+        self.outcomes.iter().find(|o| o.name == name)
     }
 }
 
-fn judge(
-    subsystem: &Subsystem,
-    result: Option<CheckResult>,
-    joined: bool,
-    latency: Duration,
-) -> Outcome {
-    let (metric, ready, error) = match result {
-        None => {
-            let mut why = format!("timed out after {} ms", subsystem.timeout.as_millis());
-            if joined {
-                why.push_str(" (still running from an earlier round)");
-            }
-            (None, false, Some(why))
-        }
-        Some(Err(why)) => (None, false, Some(why)),
-        Some(Ok(metric)) if !metric.is_finite() => (
-            None,
-            false,
-            Some(format!("{} is not a finite number", subsystem.measurement)),
-        ),
-        Some(Ok(metric)) if metric > subsystem.threshold => (Some(metric), true, None),
-        Some(Ok(metric)) => (
-            Some(metric),
-            false,
-            Some(format!(
-                "{} {:.2} <= {:.2}",
-                subsystem.measurement, metric, subsystem.threshold
-            )),
-        ),
-    };
-    Outcome {
-        name: subsystem.name.clone(),
-        measurement: subsystem.measurement.clone(),
-        threshold: subsystem.threshold,
-        metric,
-        ready,
-        latency,
-        error,
-    }
-}
-
-/// Starts every subsystem's check now (on `rt`) and returns the future of the round's report.
+/// Starts every on-demand subsystem's check now (on `rt`) and returns the future of the round's
+/// report; background subsystems contribute their latest result.
 ///
 /// Starting happens synchronously so that the caller controls the context the probes start in (a probe
 /// that calls into Python needs the caller's interpreter state); the returned future must be polled
@@ -197,25 +433,20 @@ pub fn start_round(
     subsystems: &[Arc<Subsystem>],
     rt: &Handle,
 ) -> impl Future<Output = Report> + Send + 'static {
-    let started = Instant::now();
     let pending: Vec<_> = subsystems
         .iter()
         .map(|subsystem| {
-            let (run, joined) = subsystem.begin(rt);
-            let subsystem = Arc::clone(subsystem);
-            async move {
-                let result = tokio::time::timeout(subsystem.timeout, run.result)
-                    .await
-                    .ok();
-                judge(&subsystem, result, joined, started.elapsed())
+            if subsystem.policy.interval.is_some() {
+                let latest = subsystem.latest_outcome();
+                async move { latest }.boxed()
+            } else {
+                subsystem.measure(rt).boxed()
             }
         })
         .collect();
     async move {
-        let outcomes = join_all(pending).await;
         Report {
-            ready: outcomes.iter().all(|o| o.ready),
-            outcomes,
+            outcomes: join_all(pending).await,
         }
     }
 }
@@ -270,8 +501,7 @@ mod tests {
         Arc::new(Subsystem::new(
             name,
             "metric",
-            threshold,
-            Duration::from_millis(timeout_ms),
+            Policy::new(threshold, Duration::from_millis(timeout_ms)),
             Box::new(probe),
         ))
     }
@@ -287,10 +517,140 @@ mod tests {
         start_round(subsystems, &Handle::current()).await
     }
 
+    fn with_policy(name: &str, policy: Policy, probe: impl Probe + 'static) -> Arc<Subsystem> {
+        Arc::new(Subsystem::new(name, "metric", policy, Box::new(probe)))
+    }
+
+    /// A probe whose metrics come from a shared script, one per run (the last repeats).
+    fn scripted(metrics: &[f64]) -> (impl Probe, Arc<AtomicUsize>) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&runs);
+        let metrics = metrics.to_vec();
+        let probe = FnProbe(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let metric = metrics[n.min(metrics.len() - 1)];
+            async move { Ok(metric) }
+        });
+        (probe, runs)
+    }
+
+    #[tokio::test]
+    async fn warn_threshold_gives_warn_and_stays_ready() {
+        let mut policy = Policy::new(0.5, Duration::from_millis(100));
+        policy.warn_threshold = Some(0.8);
+        let subs = [
+            with_policy("pass", policy.clone(), sleeping(0, 0.81)),
+            with_policy("warn", policy.clone(), sleeping(0, 0.8)),
+            with_policy("fail", policy, sleeping(0, 0.5)),
+        ];
+        let report = round(&subs).await;
+        let statuses: Vec<_> = report.outcomes.iter().map(|o| o.status).collect();
+        assert_eq!(statuses, [Status::Pass, Status::Warn, Status::Fail]);
+        assert_eq!(
+            report.outcomes[1].message.as_deref(),
+            Some("metric 0.80 <= warn 0.80")
+        );
+        assert!(report.ready_without(&["fail"]));
+        assert!(!report.ready());
+    }
+
+    #[tokio::test]
+    async fn readiness_flips_only_after_n_failures_in_a_row_and_back_on_success() {
+        let mut policy = Policy::new(0.5, Duration::from_millis(100));
+        policy.failures_before_unready = 3;
+        let (probe, _) = scripted(&[1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        let subs = [with_policy("db", policy, probe)];
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            seen.push(round(&subs).await.outcomes[0].status);
+        }
+        use Status::{Fail, Pass, Warn};
+        assert_eq!(seen, [Pass, Warn, Warn, Pass, Warn, Warn, Fail]);
+    }
+
+    #[tokio::test]
+    async fn a_subsystem_that_never_passed_fails_at_once() {
+        let mut policy = Policy::new(0.5, Duration::from_millis(100));
+        policy.failures_before_unready = 3;
+        let subs = [with_policy("db", policy, sleeping(0, 0.0))];
+        assert_eq!(round(&subs).await.outcomes[0].status, Status::Fail);
+    }
+
+    #[tokio::test]
+    async fn closed_gate_reports_pending_without_running_the_probe() {
+        let (probe, runs) = scripted(&[1.0]);
+        let open = Arc::new(AtomicBool::new(false));
+        let gate_flag = Arc::clone(&open);
+        let sub = Subsystem::new(
+            "native",
+            "metric",
+            Policy::new(0.5, Duration::from_millis(100)),
+            Box::new(probe),
+        )
+        .with_gate(Arc::new(move || gate_flag.load(Ordering::SeqCst)));
+        let subs = [Arc::new(sub)];
+        let outcome = round(&subs).await.outcomes[0].clone();
+        assert_eq!(
+            (outcome.status, outcome.message.as_deref()),
+            (Status::Pending, Some("initialising"))
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        open.store(true, Ordering::SeqCst);
+        assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_check_runs_on_its_own_and_rounds_read_its_latest_result() {
+        let mut policy = Policy::new(0.5, Duration::from_millis(100));
+        policy.interval = Some(Duration::from_millis(30));
+        let (probe, runs) = scripted(&[0.0, 0.0, 1.0]);
+        let sub = with_policy("bg", policy, probe);
+        let subs = [Arc::clone(&sub)];
+        let before = round(&subs).await.outcomes[0].clone();
+        assert_eq!(
+            (before.status, before.message.as_deref()),
+            (Status::Pending, Some("no result yet"))
+        );
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            0,
+            "rounds do not run background checks"
+        );
+        tokio::spawn(Subsystem::run_in_background(
+            Arc::downgrade(&sub),
+            Handle::current(),
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(round(&subs).await.outcomes[0].status, Status::Fail);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
+        assert!(runs.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[test]
+    fn paths_are_redacted_from_error_texts() {
+        assert_eq!(
+            redact_paths("cannot open /var/lib/phoenix/x.redb: denied"),
+            "cannot open <path>: denied"
+        );
+        assert_eq!(
+            redact_paths("file '/etc/secret' missing"),
+            "file '<path>' missing"
+        );
+        assert_eq!(
+            redact_paths("see ./conf.toml and C:\\data\\x"),
+            "see <path> and <path>"
+        );
+        assert_eq!(
+            redact_paths("ratio 1/2 is fine / ok"),
+            "ratio 1/2 is fine / ok"
+        );
+    }
+
     #[tokio::test]
     async fn empty_round_is_ready() {
         let report = round(&[]).await;
-        assert!(report.ready);
+        assert!(report.ready());
         assert!(report.outcomes.is_empty());
     }
 
@@ -301,7 +661,7 @@ mod tests {
             .collect();
         let started = Instant::now();
         let report = round(&subs).await;
-        assert!(report.ready, "{report:?}");
+        assert!(report.ready(), "{report:?}");
         assert!(
             started.elapsed() < Duration::from_millis(200),
             "{:?}",
@@ -316,11 +676,11 @@ mod tests {
             subsystem("equal", 0.9, 100, sleeping(0, 0.9)),
         ];
         let report = round(&subs).await;
-        assert!(!report.ready);
-        assert!(report.outcomes[0].ready);
-        assert!(!report.outcomes[1].ready);
+        assert!(!report.ready());
+        assert!(report.outcomes[0].ready());
+        assert!(!report.outcomes[1].ready());
         assert_eq!(
-            report.outcomes[1].error.as_deref(),
+            report.outcomes[1].message.as_deref(),
             Some("metric 0.90 <= 0.90")
         );
         assert_eq!(
@@ -336,7 +696,7 @@ mod tests {
     async fn nan_metric_fails() {
         let report = round(&[subsystem("nan", 0.1, 100, sleeping(0, f64::NAN))]).await;
         assert_eq!(
-            report.outcomes[0].error.as_deref(),
+            report.outcomes[0].message.as_deref(),
             Some("metric is not a finite number")
         );
     }
@@ -345,8 +705,8 @@ mod tests {
     async fn error_is_reported_with_its_text() {
         let probe = FnProbe(|| async { Err::<f64, _>("disk on fire".to_owned()) });
         let report = round(&[subsystem("e", 0.1, 100, probe)]).await;
-        assert!(!report.ready);
-        assert_eq!(report.outcomes[0].error.as_deref(), Some("disk on fire"));
+        assert!(!report.ready());
+        assert_eq!(report.outcomes[0].message.as_deref(), Some("disk on fire"));
         assert_eq!(report.outcomes[0].metric, None);
     }
 
@@ -359,10 +719,10 @@ mod tests {
         ];
         let report = round(&subs).await;
         assert_eq!(
-            report.outcomes[0].error.as_deref(),
+            report.outcomes[0].message.as_deref(),
             Some("panicked: kaboom")
         );
-        assert!(report.outcomes[1].ready);
+        assert!(report.outcomes[1].ready());
     }
 
     struct PanicsOnStart;
@@ -376,7 +736,7 @@ mod tests {
     async fn probe_that_panics_while_starting_fails() {
         let report = round(&[subsystem("p", 0.1, 100, PanicsOnStart)]).await;
         assert_eq!(
-            report.outcomes[0].error.as_deref(),
+            report.outcomes[0].message.as_deref(),
             Some("panicked: no start")
         );
     }
@@ -386,7 +746,7 @@ mod tests {
         let probe = BlockingProbe(Arc::new(|| -> CheckResult { panic!("blocking boom") }));
         let report = round(&[subsystem("b", 0.1, 1_000, probe)]).await;
         assert_eq!(
-            report.outcomes[0].error.as_deref(),
+            report.outcomes[0].message.as_deref(),
             Some("panicked: blocking boom")
         );
     }
@@ -404,7 +764,7 @@ mod tests {
             let started = Instant::now();
             let report = round(&subs).await;
             assert!(started.elapsed() < Duration::from_millis(150));
-            let error = report.outcomes[0].error.clone().unwrap();
+            let error = report.outcomes[0].message.clone().unwrap();
             assert!(error.starts_with("timed out after 50 ms"), "{error}");
             assert_eq!(error.contains("earlier round"), i > 0, "{error}");
         }
@@ -423,9 +783,9 @@ mod tests {
             }
         });
         let subs = [subsystem("slow", 0.1, 50, probe)];
-        assert!(!round(&subs).await.ready);
+        assert!(!round(&subs).await.ready());
         // The second round joins the pending run, which finishes within its deadline.
-        assert!(round(&subs).await.ready);
+        assert!(round(&subs).await.ready());
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         // Once finished, the next round starts a fresh run.
         round(&subs).await;

@@ -19,9 +19,9 @@ use tokio::runtime::Runtime;
 
 use crate::access_log::{self, AccessLog};
 use crate::cache::{Entry, Lookup, TtlCache};
-use crate::checks::{start_round, CheckFuture, CheckResult, Probe, Report, Subsystem};
-use crate::render;
-use crate::routes::{route, Endpoint, Route, ALLOWED_METHODS};
+use crate::checks::{start_round, CheckFuture, CheckResult, Policy, Probe, Report, Subsystem};
+use crate::render::{self, Body, Format, View};
+use crate::routes::{bearer_matches, route, Endpoint, Query, Route, ALLOWED_METHODS};
 use crate::subsystems::Phoenix;
 
 fn runtime() -> &'static Runtime {
@@ -31,17 +31,15 @@ fn runtime() -> &'static Runtime {
 /// A rendered response, turned into Python objects once, by the first request that reads it, so that
 /// rounds finishing on a tokio thread never wait for the GIL.
 struct Rendered {
-    status: u16,
-    body: Vec<u8>,
+    body: Body,
     // PyOnceLock, not OnceLock: building the tuples runs Python code, which may release the GIL, and a
     // second thread blocking on a std lock while holding the GIL would deadlock.
     python: PyOnceLock<(Py<PyTuple>, Py<PyTuple>)>,
 }
 
 impl Rendered {
-    fn new(status: u16, body: Vec<u8>) -> Self {
+    fn new(body: Body) -> Self {
         Self {
-            status,
             body,
             python: PyOnceLock::new(),
         }
@@ -49,52 +47,117 @@ impl Rendered {
 
     /// The `(status, headers, body)` tuple for GET, or the same without a body for HEAD; the same
     /// objects on every call, so a cache hit allocates nothing.
-    fn response(&self, py: Python<'_>, headers: &Py<PyList>, head: bool) -> Py<PyTuple> {
+    fn response(&self, py: Python<'_>, headers: &Headers, head: bool) -> Py<PyTuple> {
         let (get, head_only) = self.python.get_or_init(py, || {
+            let list = headers.for_body(&self.body);
             let tuple = |body: &[u8]| {
                 PyTuple::new(
                     py,
                     [
-                        self.status.into_pyobject(py).unwrap().into_any(),
-                        headers.bind(py).clone().into_any(),
+                        self.body.status.into_pyobject(py).unwrap().into_any(),
+                        list.bind(py).clone().into_any(),
                         PyBytes::new(py, body).into_any(),
                     ],
                 )
                 .expect("a three-item tuple")
                 .unbind()
             };
-            (tuple(&self.body), tuple(b""))
+            (tuple(&self.body.bytes), tuple(b""))
         });
         if head { head_only } else { get }.clone_ref(py)
     }
 }
 
+/// The header lists, built once and shared by every response of their kind.
+struct Headers {
+    json: Py<PyList>,
+    health_json: Py<PyList>,
+    text: Py<PyList>,
+    not_allowed: Py<PyList>,
+}
+
+impl Headers {
+    fn new(py: Python<'_>) -> PyResult<Self> {
+        let list = |pairs: &[(&str, &str)]| -> PyResult<Py<PyList>> {
+            let list = PyList::empty(py);
+            for pair in pairs {
+                list.append(*pair)?;
+            }
+            Ok(list.unbind())
+        };
+        Ok(Self {
+            json: list(&[("content-type", render::JSON)])?,
+            health_json: list(&[("content-type", render::HEALTH_JSON)])?,
+            text: list(&[("content-type", render::TEXT)])?,
+            not_allowed: list(&[("content-type", render::JSON), ("allow", ALLOWED_METHODS)])?,
+        })
+    }
+
+    fn for_body(&self, body: &Body) -> &Py<PyList> {
+        match (body.status, body.content_type) {
+            (405, _) => &self.not_allowed,
+            (_, render::HEALTH_JSON) => &self.health_json,
+            (_, render::TEXT) => &self.text,
+            _ => &self.json,
+        }
+    }
+}
+
+/// Who may see subsystems, metrics and errors.
+enum Details {
+    Always,
+    Never,
+    /// Only callers presenting `Authorization: Bearer <token>`.
+    Token(String),
+}
+
+/// One round's report with its two common answers rendered up front: the hot path serves them as is.
+struct ReadyEntry {
+    report: Report,
+    public: Rendered,
+    full: Rendered,
+}
+
+/// What a request to `/ready` or `/ready/<name>` asks for, read off it once.
+struct ReadyRequest {
+    one: Option<String>,
+    head: bool,
+    query: Query,
+    format: Format,
+    details: bool,
+}
+
 struct Inner {
     started: Instant,
     health: Arc<TtlCache<Rendered>>,
-    ready: Arc<TtlCache<Rendered>>,
+    ready: Arc<TtlCache<ReadyEntry>>,
     subsystems: ArcSwap<Vec<Arc<Subsystem>>>,
     check_timeout: Duration,
+    details: Details,
     phoenix: OnceLock<Arc<Phoenix>>,
     /// The event loop that `async def` checks run on.
     event_loop: Arc<ArcSwapOption<TaskLocals>>,
     running: AtomicBool,
+    draining: AtomicBool,
     /// Created on first use, inside the serving process (its flusher thread must not precede a fork).
     access_log: OnceLock<Arc<AccessLog<io::Stderr>>>,
-    json_headers: Py<PyList>,
-    not_allowed_headers: Py<PyList>,
+    headers: Headers,
+    live: Rendered,
+    starting: Rendered,
+    started_up: Rendered,
 }
 
 impl Inner {
     fn render_health(&self) -> Rendered {
-        Rendered::new(
-            200,
-            render::health(self.started.elapsed(), SystemTime::now()),
-        )
+        Rendered::new(Body {
+            status: 200,
+            content_type: render::JSON,
+            bytes: render::health(self.started.elapsed(), SystemTime::now()),
+        })
     }
 
     fn health(&self, py: Python<'_>, head: bool) -> Py<PyTuple> {
-        let headers = &self.json_headers;
+        let headers = &self.headers;
         if let Some(hit) = self.health.read_fresh(|r| r.response(py, headers, head)) {
             return hit;
         }
@@ -111,6 +174,60 @@ impl Inner {
         entry.value.response(py, headers, head)
     }
 
+    fn is_started(&self) -> bool {
+        self.phoenix.get().is_none_or(|p| p.is_initialised())
+    }
+
+    fn shows_details(&self, authorization: Option<&str>) -> bool {
+        match &self.details {
+            Details::Always => true,
+            Details::Never => false,
+            Details::Token(token) => bearer_matches(authorization, token),
+        }
+    }
+
+    fn ready_request(
+        &self,
+        one: Option<&str>,
+        head: bool,
+        query: &str,
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<ReadyRequest> {
+        let header = |name: &str| -> PyResult<Option<String>> {
+            headers.call_method1("get", (name,))?.extract()
+        };
+        let query = if query.is_empty() {
+            Query::default()
+        } else {
+            Query::parse(query)
+        };
+        let format = query.format(header("accept")?.as_deref());
+        let details = match self.details {
+            Details::Token(_) => self.shows_details(header("authorization")?.as_deref()),
+            _ => self.shows_details(None),
+        };
+        Ok(ReadyRequest {
+            one: one.map(str::to_owned),
+            head,
+            query,
+            format,
+            details,
+        })
+    }
+
+    fn ready_entry(&self, report: Report) -> ReadyEntry {
+        let full = Rendered::new(render::ready(&report, &View::FULL_JSON));
+        let public = match self.details {
+            Details::Always => Rendered::new(full.body.clone()),
+            _ => Rendered::new(render::ready(&report, &View::PUBLIC_JSON)),
+        };
+        ReadyEntry {
+            report,
+            public,
+            full,
+        }
+    }
+
     /// Starts a check round unless one is already in flight. The probes start here, on the calling
     /// thread, so that Python checks are called with the GIL the caller already holds.
     fn refresh_ready(self: &Arc<Self>) {
@@ -119,34 +236,71 @@ impl Inner {
         };
         let subsystems = self.subsystems.load_full();
         let round = start_round(&subsystems, runtime().handle());
+        let inner = Arc::clone(self);
         runtime().spawn(async move {
-            let (status, body) = render::ready(&round.await);
-            refresh.finish(Rendered::new(status, body));
+            let entry = inner.ready_entry(round.await);
+            refresh.finish(entry);
         });
     }
 
-    /// A servable `/ready` response if there is one, starting a refresh when it is due.
-    fn ready_now(self: &Arc<Self>, py: Python<'_>, head: bool) -> Option<Py<PyTuple>> {
-        let headers = &self.json_headers;
-        if let Some(hit) = self.ready.read_fresh(|r| r.response(py, headers, head)) {
+    /// The answer to a readiness request from a round's entry.
+    fn ready_response(
+        &self,
+        py: Python<'_>,
+        entry: &ReadyEntry,
+        request: &ReadyRequest,
+    ) -> Py<PyTuple> {
+        let view = View {
+            format: request.format,
+            details: request.details,
+            exclude: request.query.exclude.iter().map(String::as_str).collect(),
+        };
+        let rendered = match &request.one {
+            None if view.format == Format::Json && view.exclude.is_empty() => {
+                let common = if view.details {
+                    &entry.full
+                } else {
+                    &entry.public
+                };
+                return common.response(py, &self.headers, request.head);
+            }
+            None => Rendered::new(render::ready(&entry.report, &view)),
+            Some(name) => match entry.report.get(name) {
+                Some(outcome) => Rendered::new(render::subsystem(outcome, &view)),
+                None => return self.error(py, 404),
+            },
+        };
+        rendered.response(py, &self.headers, request.head)
+    }
+
+    /// A servable readiness answer if there is one, starting a refresh when it is due.
+    fn ready_now(self: &Arc<Self>, py: Python<'_>, request: &ReadyRequest) -> Option<Py<PyTuple>> {
+        if self.draining.load(Ordering::Acquire) {
+            let body = Rendered::new(render::draining(request.format));
+            return Some(body.response(py, &self.headers, request.head));
+        }
+        if let Some(hit) = self
+            .ready
+            .read_fresh(|entry| self.ready_response(py, entry, request))
+        {
             return Some(hit);
         }
         self.refresh_ready();
         match self.ready.lookup() {
             Lookup::Fresh(entry) | Lookup::Stale(entry) => {
-                Some(entry.value.response(py, headers, head))
+                Some(self.ready_response(py, &entry.value, request))
             }
             Lookup::Missing => None,
         }
     }
 
     fn error(&self, py: Python<'_>, code: u16) -> Py<PyTuple> {
-        let headers = if code == 405 {
-            &self.not_allowed_headers
-        } else {
-            &self.json_headers
+        let body = Body {
+            status: code,
+            content_type: render::JSON,
+            bytes: render::error(code, SystemTime::now()),
         };
-        Rendered::new(code, render::error(code, SystemTime::now())).response(py, headers, false)
+        Rendered::new(body).response(py, &self.headers, false)
     }
 }
 
@@ -157,25 +311,35 @@ struct Core(Arc<Inner>);
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (health_ttl_ms = 100, ready_ttl_ms = 100, check_timeout_ms = 500))]
+    #[pyo3(signature = (health_ttl_ms = 100, ready_ttl_ms = 100, check_timeout_ms = 500, details = "always", token = None))]
     fn new(
         py: Python<'_>,
         health_ttl_ms: u64,
         ready_ttl_ms: u64,
         check_timeout_ms: u64,
+        details: &str,
+        token: Option<String>,
     ) -> PyResult<Self> {
         if check_timeout_ms == 0 {
             return Err(PyValueError::new_err("check_timeout_ms must be positive"));
         }
-        let headers = |extra: Option<(&str, &str)>| -> PyResult<Py<PyList>> {
-            let list = PyList::empty(py);
-            list.append(("content-type", "application/json"))?;
-            if let Some(pair) = extra {
-                list.append(pair)?;
+        let details = match (details, token) {
+            ("always", _) => Details::Always,
+            ("never", _) => Details::Never,
+            ("token", Some(token)) if !token.is_empty() => Details::Token(token),
+            ("token", _) => {
+                return Err(PyValueError::new_err(
+                    "details = \"token\" needs a non-empty token",
+                ))
             }
-            Ok(list.unbind())
+            (other, _) => {
+                return Err(PyValueError::new_err(format!(
+                    "details must be \"always\", \"never\" or \"token\", not {other:?}"
+                )))
+            }
         };
-        let ttl = |ms| Duration::from_millis(ms);
+        let ttl = Duration::from_millis;
+        let fixed = |body: Body| Rendered::new(body);
         let inner = Inner {
             started: Instant::now(),
             // A stale entry may be served for one more TTL while its refresh runs; past that, callers
@@ -184,48 +348,104 @@ impl Core {
             ready: Arc::new(TtlCache::new(ttl(ready_ttl_ms), ttl(ready_ttl_ms))),
             subsystems: ArcSwap::from_pointee(Vec::new()),
             check_timeout: ttl(check_timeout_ms),
+            details,
             phoenix: OnceLock::new(),
             event_loop: Arc::new(ArcSwapOption::empty()),
             running: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             access_log: OnceLock::new(),
-            json_headers: headers(None)?,
-            not_allowed_headers: headers(Some(("allow", ALLOWED_METHODS)))?,
+            headers: Headers::new(py)?,
+            live: fixed(render::live()),
+            starting: fixed(render::startup(false)),
+            started_up: fixed(render::startup(true)),
         };
         inner.health.insert(inner.render_health());
         Ok(Self(Arc::new(inner)))
     }
 
-    /// Answers a request from the caches: a `(status, headers, body)` tuple, or `None` when `/ready`
-    /// has nothing servable yet and the caller must `await ready_wait(head)`.
-    fn route(&self, py: Python<'_>, method: &str, path: &str) -> Option<Py<PyTuple>> {
-        match route(method, path) {
+    /// Answers a request from the caches: a `(status, headers, body)` tuple, or `None` when a
+    /// readiness answer has nothing servable yet and the caller must `await ready_wait(...)` with the
+    /// same arguments. `headers` is anything with a `get(name)` method (Granian's RSGI headers, a dict).
+    fn route(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<PyTuple>>> {
+        let inner = &self.0;
+        let (endpoint, head) = match route(method, path) {
+            Route::Serve { endpoint, head } => (endpoint, head),
+            Route::MethodNotAllowed => return Ok(Some(inner.error(py, 405))),
+            Route::NotFound => return Ok(Some(inner.error(py, 404))),
+        };
+        let one = match endpoint {
+            Endpoint::Health => return Ok(Some(inner.health(py, head))),
+            Endpoint::Live => return Ok(Some(inner.live.response(py, &inner.headers, head))),
+            Endpoint::Startup => {
+                let answer = if inner.is_started() {
+                    &inner.started_up
+                } else {
+                    &inner.starting
+                };
+                return Ok(Some(answer.response(py, &inner.headers, head)));
+            }
+            Endpoint::Ready => None,
+            Endpoint::ReadyOne(name) => Some(name),
+        };
+        let request = inner.ready_request(one, head, query, headers)?;
+        Ok(inner.ready_now(py, &request))
+    }
+
+    /// Waits for the round in flight (single-flight: all waiters share it) and answers from it.
+    fn ready_wait<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (one, head) = match route(method, path) {
             Route::Serve {
-                endpoint: Endpoint::Health,
+                endpoint: Endpoint::ReadyOne(name),
                 head,
-            } => Some(self.0.health(py, head)),
+            } => (Some(name), head),
             Route::Serve {
                 endpoint: Endpoint::Ready,
                 head,
-            } => self.0.ready_now(py, head),
-            Route::MethodNotAllowed => Some(self.0.error(py, 405)),
-            Route::NotFound => Some(self.0.error(py, 404)),
-        }
-    }
-
-    /// Waits for the round in flight (single-flight: all waiters share it) and returns its response.
-    fn ready_wait<'py>(&self, py: Python<'py>, head: bool) -> PyResult<Bound<'py, PyAny>> {
+            } => (None, head),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "ready_wait is only for /ready and /ready/<name>",
+                ))
+            }
+        };
+        let request = self.0.ready_request(one, head, query, headers)?;
         let inner = Arc::clone(&self.0);
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             loop {
                 if let Some(entry) = inner.ready.wait_servable().await {
                     return Python::attach(|py| {
-                        Ok(entry.value.response(py, &inner.json_headers, head))
+                        Ok(inner.ready_response(py, &entry.value, &request))
                     });
                 }
                 // The round we waited for was abandoned; start another.
                 Python::attach(|_| inner.refresh_ready());
             }
         })
+    }
+
+    /// From now on `/ready` answers 503 `draining`, whatever the checks say; everything else is served
+    /// as before. Called when shutdown begins, so that load balancers stop sending traffic first.
+    fn drain(&self) {
+        self.0.draining.store(true, Ordering::Release);
+    }
+
+    #[getter]
+    fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Acquire)
     }
 
     /// Appends one line to the request log (see `access_log.rs`): the RSGI path's `phoenix.api` log.
@@ -256,21 +476,22 @@ impl Core {
         self.0.error(py, code)
     }
 
-    /// Runs one uncached round now and returns `(ready, status, body)`.
+    /// Runs one uncached round now and returns `(ready, status, body)` with full details.
     fn check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.bind_current_loop(py)?;
         let subsystems = self.0.subsystems.load_full();
         let round = start_round(&subsystems, runtime().handle());
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let report: Report = round.await;
-            let (status, body) = render::ready(&report);
-            Ok((report.ready, status, body))
+            let body = render::ready(&report, &View::FULL_JSON);
+            Ok((report.ready(), body.status, body.bytes))
         })
     }
 
-    /// Registers a Python check. `func` is called with no arguments on every round; `is_async` says
-    /// whether it returns a coroutine (run on the kernel's event loop) or a value (run in a thread).
-    #[pyo3(signature = (name, func, is_async, threshold, timeout_ms = None))]
+    /// Registers a Python check. `func` is called with no arguments; `is_async` says whether it
+    /// returns a coroutine (run on the kernel's event loop) or a value (run in a thread).
+    #[pyo3(signature = (name, func, is_async, threshold, timeout_ms = None, warn_threshold = None, interval_ms = None, failures_before_unready = 1))]
+    #[allow(clippy::too_many_arguments)]
     fn add_check(
         &self,
         name: String,
@@ -278,20 +499,43 @@ impl Core {
         is_async: bool,
         threshold: f64,
         timeout_ms: Option<u64>,
+        warn_threshold: Option<f64>,
+        interval_ms: Option<u64>,
+        failures_before_unready: u32,
     ) -> PyResult<()> {
+        let mut policy = self.policy(threshold, timeout_ms)?;
+        if let Some(warn) = warn_threshold {
+            if !warn.is_finite() || warn < threshold {
+                return Err(PyValueError::new_err(
+                    "warn_threshold must be a finite number not below threshold",
+                ));
+            }
+            policy.warn_threshold = Some(warn);
+        }
+        policy.interval = match interval_ms {
+            Some(0) => return Err(PyValueError::new_err("interval_ms must be positive")),
+            ms => ms.map(Duration::from_millis),
+        };
+        if failures_before_unready == 0 {
+            return Err(PyValueError::new_err(
+                "failures_before_unready must be at least 1",
+            ));
+        }
+        policy.failures_before_unready = failures_before_unready;
         let probe = PyProbe {
             func: Arc::new(func),
             is_async,
             event_loop: Arc::clone(&self.0.event_loop),
         };
-        self.add(name, "metric", threshold, timeout_ms, Box::new(probe))
+        self.insert(Subsystem::new(name, "metric", policy, Box::new(probe)))
     }
 
     /// Registers a native check that always passes, like Kubernetes' `ping` check: proof that the
     /// core answers, a placeholder while a real check is written, and a baseline for benchmarks.
     fn add_ping(&self, name: String) -> PyResult<()> {
         let probe = crate::checks::FnProbe(|| ready(Ok(1.0)));
-        self.add(name, "ping", 0.0, None, Box::new(probe))
+        let policy = self.policy(0.0, None)?;
+        self.insert(Subsystem::new(name, "ping", policy, Box::new(probe)))
     }
 
     /// Adds the three native Phoenix subsystems over `data_dir` and returns their Python handles
@@ -316,8 +560,8 @@ impl Core {
         ))
     }
 
-    /// Starts background work (native initialisation, periodic refreshes) once per process, and binds
-    /// `event_loop` (or the running loop) as the loop that `async def` checks run on.
+    /// Starts background work (native initialisation, background checks, periodic refreshes) once per
+    /// process, and binds `event_loop` (or the running loop) as the loop `async def` checks run on.
     #[pyo3(signature = (event_loop = None))]
     fn start(&self, py: Python<'_>, event_loop: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         match event_loop {
@@ -329,14 +573,17 @@ impl Core {
         if self.0.running.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        let rt = runtime();
         if let Some(phoenix) = self.0.phoenix.get() {
-            let rt = runtime();
             let init = Arc::clone(phoenix);
             rt.spawn_blocking(move || init.initialise());
             rt.spawn(Phoenix::keep_system_entry_fresh(
                 Arc::downgrade(phoenix),
                 crate::subsystems::SYSTEM_REFRESH,
             ));
+        }
+        for subsystem in self.0.subsystems.load().iter() {
+            spawn_background(subsystem);
         }
         Ok(())
     }
@@ -352,10 +599,10 @@ impl Core {
         })
     }
 
-    /// True once the native subsystems (if any) have finished initialising.
+    /// True once the native subsystems (if any) have finished initialising: `/startup` answers 200.
     #[getter]
     fn initialised(&self) -> bool {
-        self.0.phoenix.get().is_none_or(|p| p.is_initialised())
+        self.0.is_started()
     }
 
     /// Registered subsystem names, in order.
@@ -370,6 +617,17 @@ impl Core {
     }
 }
 
+/// Background subsystems check themselves on their own period, on the core's runtime.
+fn spawn_background(subsystem: &Arc<Subsystem>) {
+    if subsystem.policy.interval.is_some() {
+        let rt = runtime();
+        rt.spawn(Subsystem::run_in_background(
+            Arc::downgrade(subsystem),
+            rt.handle().clone(),
+        ));
+    }
+}
+
 impl Core {
     fn bind_current_loop(&self, py: Python<'_>) -> PyResult<()> {
         if let Ok(locals) = pyo3_async_runtimes::tokio::get_current_locals(py) {
@@ -378,14 +636,7 @@ impl Core {
         Ok(())
     }
 
-    fn add(
-        &self,
-        name: String,
-        measurement: &str,
-        threshold: f64,
-        timeout_ms: Option<u64>,
-        probe: Box<dyn Probe>,
-    ) -> PyResult<()> {
+    fn policy(&self, threshold: f64, timeout_ms: Option<u64>) -> PyResult<Policy> {
         if !threshold.is_finite() {
             return Err(PyValueError::new_err("threshold must be a finite number"));
         }
@@ -394,7 +645,7 @@ impl Core {
             Some(ms) => Duration::from_millis(ms),
             None => self.0.check_timeout,
         };
-        self.insert(Subsystem::new(name, measurement, threshold, timeout, probe))
+        Ok(Policy::new(threshold, timeout))
     }
 
     fn insert(&self, subsystem: Subsystem) -> PyResult<()> {
@@ -416,6 +667,9 @@ impl Core {
             next.push(Arc::clone(&subsystem));
             next
         });
+        if self.0.running.load(Ordering::Acquire) {
+            spawn_background(&subsystem);
+        }
         Ok(())
     }
 }

@@ -496,6 +496,9 @@ def test_to_env_round_trips_through_load_settings() -> None:
         ready_ttl_ms=250,
         check_timeout_ms=1500,
         request_log=False,
+        details="token",
+        token="s3cret",
+        shutdown_drain_ms=250,
         log_level="debug",
     )
 
@@ -511,6 +514,9 @@ def test_to_env_round_trips_through_load_settings() -> None:
         "PHOENIX_READY_TTL_MS": "250",
         "PHOENIX_CHECK_TIMEOUT_MS": "1500",
         "PHOENIX_REQUEST_LOG": "false",
+        "PHOENIX_DETAILS": "token",
+        "PHOENIX_TOKEN": "s3cret",
+        "PHOENIX_SHUTDOWN_DRAIN_MS": "250",
         "PHOENIX_LOG_LEVEL": "debug",
     }
     assert load_settings(env=env) == settings
@@ -520,7 +526,8 @@ def test_to_env_leaves_out_none_values_and_round_trips_defaults() -> None:
     env = Settings().to_env()
 
     assert "PHOENIX_APP" not in env
-    assert set(env) == {key.env_var for key in config.KEYS} - {"PHOENIX_APP"}
+    assert "PHOENIX_TOKEN" not in env
+    assert set(env) == {key.env_var for key in config.KEYS} - {"PHOENIX_APP", "PHOENIX_TOKEN"}
     assert load_settings(env=env) == Settings()
 
 
@@ -529,3 +536,11 @@ def test_to_env_overrides_a_config_file_with_other_values(tmp_path: Path) -> Non
     _write(tmp_path / "phoenix.toml", "port = 1\nworkers = 9\n")
 
     assert load_settings(env=resolved.to_env()) == resolved
+
+
+def test_details_token_needs_a_token() -> None:
+    message = _error(lambda: load_settings(env={"PHOENIX_DETAILS": "token"}))
+    assert "details" in message
+    assert "PHOENIX_TOKEN" in message
+    assert load_settings(env={"PHOENIX_DETAILS": "token", "PHOENIX_TOKEN": "t"}).token == "t"
+    assert "details" in _error(lambda: load_settings(env={"PHOENIX_DETAILS": "sometimes"}))

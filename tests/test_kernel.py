@@ -53,10 +53,10 @@ def test_sync_and_async_checks_with_float_and_bool_metrics() -> None:
 
 def test_a_cache_hit_returns_the_same_response_objects() -> None:
     core = Kernel(health_ttl_ms=60_000)._core
-    first = core.route("GET", "/health")
+    first = core.route("GET", "/health", "", {})
     assert first is not None
-    assert core.route("GET", "/health") is first
-    head = core.route("HEAD", "/health")
+    assert core.route("GET", "/health", "", {}) is first
+    head = core.route("HEAD", "/health", "", {})
     assert head is not None
     assert head[2] == b""
     assert head[:2] == first[:2]

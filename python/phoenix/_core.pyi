@@ -3,18 +3,33 @@
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __version__: str
 
 Response = tuple[int, list[tuple[str, str]], bytes]
 
+class HeaderLookup(Protocol):
+    """Request headers by lower-case name: Granian's RSGI headers, or a dict."""
+
+    def get(self, name: str, /) -> str | None: ...
+
 class Core:
     def __init__(
-        self, health_ttl_ms: int = 100, ready_ttl_ms: int = 100, check_timeout_ms: int = 500
+        self,
+        health_ttl_ms: int = 100,
+        ready_ttl_ms: int = 100,
+        check_timeout_ms: int = 500,
+        details: str = "always",
+        token: str | None = None,
     ) -> None: ...
-    def route(self, method: str, path: str) -> Response | None: ...
-    def ready_wait(self, head: bool) -> Awaitable[Response]: ...
+    def route(self, method: str, path: str, query: str, headers: HeaderLookup) -> Response | None: ...
+    def ready_wait(
+        self, method: str, path: str, query: str, headers: HeaderLookup
+    ) -> Awaitable[Response]: ...
+    def drain(self) -> None: ...
+    @property
+    def draining(self) -> bool: ...
     def error_response(self, code: int) -> Response: ...
     def log_request(self, method: str, path: str, status: int, elapsed_s: float) -> None: ...
     def flush_log(self) -> None: ...
@@ -26,6 +41,9 @@ class Core:
         is_async: bool,
         threshold: float,
         timeout_ms: int | None = None,
+        warn_threshold: float | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
     ) -> None: ...
     def add_ping(self, name: str) -> None: ...
     def add_phoenix(self, data_dir: Path) -> tuple[PlasticLtm, TriuneConscience, WorldModel]: ...

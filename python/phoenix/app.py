@@ -23,6 +23,10 @@ class _RSGIScope(Protocol):
     def method(self) -> str: ...
     @property
     def path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def headers(self) -> _core.HeaderLookup: ...
 
 
 class _RSGIProtocol(Protocol):
@@ -38,11 +42,13 @@ def _internal_error(core: _core.Core, method: str, path: str) -> _core.Response:
     return core.error_response(500)
 
 
-async def _respond(core: _core.Core, method: str, path: str) -> _core.Response:
+async def _respond(
+    core: _core.Core, method: str, path: str, query: str, headers: _core.HeaderLookup
+) -> _core.Response:
     try:
-        response = core.route(method, path)
+        response = core.route(method, path, query, headers)
         if response is None:
-            response = await core.ready_wait(method == "HEAD")
+            response = await core.ready_wait(method, path, query, headers)
         return response
     except Exception:
         return _internal_error(core, method, path)
@@ -62,9 +68,9 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
         method = scope.method
         path = scope.path
         try:
-            response = route(method, path)
+            response = route(method, path, scope.query_string, scope.headers)
             if response is None:
-                response = await ready_wait(method == "HEAD")
+                response = await ready_wait(method, path, scope.query_string, scope.headers)
         except Exception:
             response = _internal_error(core, method, path)
         proto.response_bytes(*response)
@@ -86,6 +92,7 @@ class ASGIApp:
     def __init__(self, core: _core.Core, *, request_log: bool) -> None:
         self._core = core
         self._request_log = request_log
+        self._started = False
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -96,11 +103,15 @@ class ASGIApp:
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
 
+    def _start(self) -> None:
+        self._core.start(None)
+        self._started = True
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._core.start(None)
+                self._start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
@@ -108,7 +119,8 @@ class ASGIApp:
 
     async def _http(self, scope: Message, send: Send) -> None:
         # Apps mounted without lifespan support still get their background work started.
-        self._core.start(None)
+        if not self._started:
+            self._start()
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
         # Starlette keeps the full path and puts the mount prefix in root_path; others strip it.
@@ -116,7 +128,9 @@ class ASGIApp:
             path = path[len(root) :] or "/"
         started = time.perf_counter()
         method: str = scope["method"]
-        status, headers, body = await _respond(self._core, method, path)
+        query = scope.get("query_string", b"").decode("latin-1")
+        request_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        status, headers, body = await _respond(self._core, method, path, query, request_headers)
         await send(
             {
                 "type": "http.response.start",

@@ -11,15 +11,20 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import json
+import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from .config import CONFIG_ENV_VAR, KEYS, ConfigError, Settings, load_settings
-from .kernel import Kernel, default_kernel
+from .kernel import DRAIN_SIGNAL, Kernel, default_kernel
 from .log import configure, dictconfig
+
+_log = logging.getLogger("phoenix.kernel")
 
 # How long `phoenix check` waits for the native subsystems to come up before judging them.
 CHECK_STARTUP_WAIT_S = 30.0
@@ -34,6 +39,9 @@ def load_kernel(settings: Settings) -> Kernel:
             ready_ttl_ms=settings.ready_ttl_ms,
             check_timeout_ms=settings.check_timeout_ms,
             request_log=settings.request_log,
+            details=settings.details,
+            token=settings.token,
+            shutdown_drain_ms=settings.shutdown_drain_ms,
         )
     module_name, _, attr_path = settings.app.partition(":")
     try:
@@ -65,11 +73,47 @@ def worker_kernel() -> Kernel:
     settings = load_settings()
     kernel = load_kernel(settings)
     kernel.request_log = settings.request_log
+    kernel.shutdown_drain_ms = settings.shutdown_drain_ms
     return kernel
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _draining_server(drain_s: float) -> type[Any]:
+    """Granian's server, with a drain phase on SIGTERM/SIGINT: the workers are told to answer
+    ``/ready`` with 503 at once (``DRAIN_SIGNAL``), keep serving for ``drain_s``, and only then does
+    Granian's own graceful shutdown begin. A second signal shuts down at once."""
+    # Process workers explicitly: the drain signal goes to worker PIDs (Granian picks threads on
+    # free-threaded builds, which abi3 wheels do not target).
+    from granian.server.mp import MPServer
+
+    class DrainingServer(MPServer):
+        _draining = False
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if self._draining or drain_s <= 0:
+                super().signal_handler_interrupt(*args, **kwargs)  # type: ignore[no-untyped-call]
+                return
+            self._draining = True
+            for worker in self.wrks:
+                with contextlib.suppress(ProcessLookupError, AttributeError, TypeError):
+                    os.kill(worker.inner.pid, DRAIN_SIGNAL)
+            _log.info("draining for %d ms before shutting down", round(drain_s * 1000))
+            timer = threading.Timer(drain_s, super().signal_handler_interrupt)
+            timer.daemon = True
+            timer.start()
+
+    return DrainingServer
+
+
 def _serve(settings: Settings) -> int:
-    from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.log import LOGGING_CONFIG, LogLevels
 
@@ -78,7 +122,14 @@ def _serve(settings: Settings) -> int:
             "invalid value for workers: the default kernel's store belongs to one process; "
             "use workers = 1, or serve your own --app"
         )
-    load_kernel(settings)  # fail here, with exit status 2, rather than in every worker
+    kernel = load_kernel(settings)  # fail here, with exit status 2, rather than in every worker
+    configure(settings.log_level)
+    if kernel.details == "always" and not _is_loopback(settings.host):
+        _log.warning(
+            "serving on %s with details = 'always': subsystems, metrics and errors are visible to "
+            "anyone who can reach it; consider details = 'token'",
+            settings.host,
+        )
     os.environ.update(settings.to_env())
     # Every key is now explicit in the environment; no file may add to it in the workers.
     os.environ[CONFIG_ENV_VAR] = os.devnull
@@ -88,7 +139,7 @@ def _serve(settings: Settings) -> int:
         loop = Loops.uvloop
     except ImportError:
         loop = Loops.auto
-    Granian(
+    _draining_server(settings.shutdown_drain_ms / 1000)(
         "phoenix.cli:worker_kernel",
         factory=True,
         address=settings.host,

@@ -119,6 +119,15 @@ def _app_ref(value: str) -> str:
     return value
 
 
+DETAILS_MODES: Final = ("always", "never", "token")
+
+
+def _details(value: str) -> str:
+    if value not in DETAILS_MODES:
+        raise _Invalid
+    return value
+
+
 def _meta(
     help: str,
     *,
@@ -207,6 +216,32 @@ class Settings:
             "Log method, path, status and latency of each request to the 'phoenix.api' logger.",
         ),
     )
+    details: str = field(
+        default="always",
+        metadata=_meta(
+            "Who sees subsystems, metrics and errors in readiness answers: always, never, or token "
+            "(only requests with 'Authorization: Bearer <token>').",
+            expect="one of " + ", ".join(DETAILS_MODES),
+            check=_details,
+        ),
+    )
+    token: str | None = field(
+        default=None,
+        metadata=_meta(
+            "The bearer token for details = 'token'.",
+            expect="a non-empty string",
+            check=_non_empty,
+        ),
+    )
+    shutdown_drain_ms: int = field(
+        default=5000,
+        metadata=_meta(
+            "On SIGTERM, how long /ready answers 503 'draining' while requests are still served, "
+            "before the server shuts down, in milliseconds.",
+            expect="an integer >= 0",
+            check=_int_range(0),
+        ),
+    )
     log_level: str = field(
         default="info",
         metadata=_meta(
@@ -224,6 +259,8 @@ class Settings:
             value = _convert(key, raw, source="Settings()", text_ok=False)
             if value is not raw:
                 object.__setattr__(self, key.name, value)
+        if self.details == "token" and not self.token:
+            raise ConfigError("invalid value for details: 'token' needs token (PHOENIX_TOKEN) to be set")
 
     def to_env(self) -> dict[str, str]:
         """``PHOENIX_*`` variables for every key whose value is not None.

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _core
 from .app import ASGIApp, RSGIHandler, rsgi_handler
+
+# The signal that makes a served worker start draining; Granian itself uses SIGINT, SIGTERM, SIGHUP.
+DRAIN_SIGNAL = signal.SIGUSR1
 
 Metric = float | bool
 CheckFunc = Callable[[], Metric | Awaitable[Metric]]
@@ -31,8 +35,13 @@ class Kernel:
         ready_ttl_ms: int = 100,
         check_timeout_ms: int = 500,
         request_log: bool = True,
+        details: str = "always",
+        token: str | None = None,
+        shutdown_drain_ms: int = 5000,
     ) -> None:
-        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms)
+        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms, details, token)
+        self.details = details
+        self.shutdown_drain_ms = shutdown_drain_ms
         self.request_log = request_log
 
     @property
@@ -84,8 +93,19 @@ class Kernel:
         """Waits for the background start-up begun by :meth:`start`."""
         await self._core.wait_initialised()
 
+    def drain(self) -> None:
+        """From now on ``/ready`` answers 503 ``draining``; everything else is served as before. Call
+        it when shutdown begins, so load balancers stop sending traffic before the server stops."""
+        self._core.drain()
+
+    @property
+    def draining(self) -> bool:
+        return self._core.draining
+
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start(loop)
+        # `phoenix serve` tells its workers that shutdown has begun with SIGUSR1 (see cli.py).
+        loop.add_signal_handler(DRAIN_SIGNAL, self.drain)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Worker processes end without running atexit hooks: write out the buffered request log now.

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 
-use crate::checks::{BlockingProbe, CheckResult, FnProbe, Subsystem};
+use crate::checks::{BlockingProbe, CheckResult, FnProbe, Gate, Policy, Subsystem};
 use plastic_ltm::PlasticLtm;
 use triune_conscience::AxiomSet;
 use world_model::WorldModel;
@@ -29,8 +29,6 @@ pub const COHERENCE_THRESHOLD: f64 = 0.85;
 
 /// How often the kernel re-records its own `system` entry; well inside the 60 s of full coherence.
 pub const SYSTEM_REFRESH: Duration = Duration::from_secs(15);
-
-const INITIALISING: &str = "initialising";
 
 pub struct Phoenix {
     data_dir: PathBuf,
@@ -125,36 +123,43 @@ impl Phoenix {
         }
     }
 
-    /// The three checks, with the seed's thresholds and the given timeout.
+    /// The three checks, with the seed's thresholds and the given timeout. Until initialisation has
+    /// finished they report `pending` ("initialising") without running.
     pub fn subsystems(self: &Arc<Self>, timeout: Duration) -> Vec<Subsystem> {
+        let check = |name: &str,
+                     measurement: &str,
+                     threshold: f64,
+                     probe: Box<dyn crate::checks::Probe>| {
+            let this = Arc::clone(self);
+            let gate: Gate = Arc::new(move || this.is_initialised());
+            Subsystem::new(name, measurement, Policy::new(threshold, timeout), probe)
+                .with_gate(gate)
+        };
         let memory = Arc::clone(self);
         let conscience = Arc::clone(self);
         let world = Arc::clone(self);
         vec![
-            Subsystem::new(
+            check(
                 PLASTIC_LTM,
                 "integrity",
                 INTEGRITY_THRESHOLD,
-                timeout,
                 Box::new(BlockingProbe(Arc::new(move || memory.integrity()))),
             ),
-            Subsystem::new(
+            check(
                 TRIUNE_CONSCIENCE,
                 "alignment",
                 ALIGNMENT_THRESHOLD,
-                timeout,
                 Box::new(FnProbe(move || {
-                    let result = conscience.alignment();
+                    let result = Ok(conscience.conscience().alignment());
                     async move { result }.boxed()
                 })),
             ),
-            Subsystem::new(
+            check(
                 WORLD_MODEL,
                 "coherence",
                 COHERENCE_THRESHOLD,
-                timeout,
                 Box::new(FnProbe(move || {
-                    let result = world.coherence();
+                    let result = Ok(world.world.coherence());
                     async move { result }.boxed()
                 })),
             ),
@@ -162,30 +167,11 @@ impl Phoenix {
     }
 
     fn integrity(&self) -> CheckResult {
-        match self.memory.get() {
-            _ if !self.is_initialised() => Err(INITIALISING.to_owned()),
-            None => Err(INITIALISING.to_owned()),
-            Some(Err(why)) => Err(why.clone()),
-            Some(Ok(store)) => store
-                .integrity()
-                .map(|integrity| integrity.metric)
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    fn alignment(&self) -> CheckResult {
-        match self.conscience.get() {
-            Some(axioms) if self.is_initialised() => Ok(axioms.alignment()),
-            _ => Err(INITIALISING.to_owned()),
-        }
-    }
-
-    fn coherence(&self) -> CheckResult {
-        if self.is_initialised() {
-            Ok(self.world.coherence())
-        } else {
-            Err(INITIALISING.to_owned())
-        }
+        self.memory()
+            .map_err(str::to_owned)?
+            .integrity()
+            .map(|integrity| integrity.metric)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -218,12 +204,13 @@ mod tests {
     async fn everything_is_missing_until_initialised() {
         let kernel = Phoenix::new(&temp_dir("uninit"));
         let report = round(&kernel).await;
-        assert!(!report.ready);
+        assert!(!report.ready());
         assert_eq!(report.missing().count(), 3);
         assert!(report
             .outcomes
             .iter()
-            .all(|o| o.error.as_deref() == Some(INITIALISING)));
+            .all(|o| o.status == crate::checks::Status::Pending
+                && o.message.as_deref() == Some("initialising")));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +218,7 @@ mod tests {
         let kernel = Phoenix::new(&temp_dir("fresh"));
         kernel.initialise();
         let report = round(&kernel).await;
-        assert!(report.ready, "{report:?}");
+        assert!(report.ready(), "{report:?}");
         let names: Vec<_> = report.outcomes.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(names, [PLASTIC_LTM, TRIUNE_CONSCIENCE, WORLD_MODEL]);
     }
