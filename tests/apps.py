@@ -122,7 +122,7 @@ class _BrokenCore:
     def __init__(self, real: object) -> None:
         self._real = real
 
-    def route(self, method: str, path: str) -> None:
+    def route(self, *request: object) -> None:
         raise RuntimeError("internal failure with /private/detail")
 
     def __getattr__(self, name: str) -> object:
@@ -156,3 +156,17 @@ def starlette_app() -> object:
         return PlainTextResponse("home")
 
     return Starlette(routes=[Route("/", home), Mount("/probe", kernel.asgi())])
+
+
+def slow_check() -> Kernel:
+    """Load suite, cache effectiveness: one 50 ms check and a TTL long enough that every request after
+    the first (cold) one is a hit; the check records each run, so the test can tell that it ran once."""
+    kernel = Kernel(ready_ttl_ms=60_000, request_log=False)
+
+    @kernel.subsystem("slow", threshold=0.5, timeout_ms=2_000)
+    async def slow() -> float:
+        _record("slow")
+        await asyncio.sleep(0.05)
+        return 1.0
+
+    return kernel
