@@ -6,14 +6,14 @@
 //! in flight, as long as the entry is no older than `ttl + stale_for`. Past that bound (or when there has
 //! never been an entry) callers wait for the refresh instead, so a probe that arrives after a long quiet
 //! spell never sees a result from minutes ago. Either way the computation runs once per window, however
-//! many requests arrive.
+//! many requests arrive. How callers wait for a refresh is theirs to choose (the binding shares one
+//! asyncio future per refresh); this module only guarantees that one of them runs it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::Notify;
 
 /// A cached value and the moment it was computed.
 #[derive(Debug)]
@@ -37,7 +37,6 @@ pub struct TtlCache<T> {
     stale_for: Duration,
     slot: ArcSwapOption<Entry<T>>,
     refreshing: AtomicBool,
-    filled: Notify,
 }
 
 impl<T> TtlCache<T> {
@@ -47,7 +46,6 @@ impl<T> TtlCache<T> {
             stale_for,
             slot: ArcSwapOption::empty(),
             refreshing: AtomicBool::new(false),
-            filled: Notify::new(),
         }
     }
 
@@ -81,6 +79,11 @@ impl<T> TtlCache<T> {
         }
     }
 
+    /// The newest entry, however old.
+    pub fn newest(&self) -> Option<Arc<Entry<T>>> {
+        self.slot.load_full()
+    }
+
     /// Claims the single refresh of this window. `None` means another caller already holds it.
     pub fn try_begin_refresh(self: &Arc<Self>) -> Option<Refresh<T>> {
         self.refreshing
@@ -100,24 +103,6 @@ impl<T> TtlCache<T> {
         self.slot.store(Some(Arc::clone(&entry)));
         entry
     }
-
-    /// Waits for the refresh in flight and returns what it produced, however short the TTL (with a TTL
-    /// of zero every entry is born stale, yet the requests that waited for it must get it). Returns
-    /// `None` if that refresh was abandoned. The caller must make sure a refresh is under way (see
-    /// [`TtlCache::try_begin_refresh`]).
-    pub async fn wait_servable(&self) -> Option<Arc<Entry<T>>> {
-        let since = Instant::now();
-        let notified = self.filled.notified();
-        tokio::pin!(notified);
-        // Registering before looking closes the window where a refresh finishes between the two.
-        notified.as_mut().enable();
-        match self.lookup() {
-            Lookup::Fresh(entry) | Lookup::Stale(entry) => return Some(entry),
-            Lookup::Missing => {}
-        }
-        notified.await;
-        self.slot.load_full().filter(|entry| entry.born >= since)
-    }
 }
 
 /// The right to refresh a cache. Finishing installs the new entry; dropping it unfinished (an
@@ -136,7 +121,6 @@ impl<T> Refresh<T> {
 impl<T> Drop for Refresh<T> {
     fn drop(&mut self) {
         self.cache.refreshing.store(false, Ordering::Release);
-        self.cache.filled.notify_waiters();
     }
 }
 
@@ -189,61 +173,27 @@ mod tests {
         assert!(matches!(c.lookup(), Lookup::Missing));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn many_cold_waiters_share_one_computation() {
-        let c = cache(1_000, 1_000);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..200 {
-            let c = Arc::clone(&c);
-            let runs = Arc::clone(&runs);
-            tasks.push(tokio::spawn(async move {
-                loop {
+    #[test]
+    fn of_many_threads_racing_for_a_refresh_exactly_one_wins() {
+        let c = cache(100, 100);
+        let winners = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let c = Arc::clone(&c);
+                let winners = Arc::clone(&winners);
+                std::thread::spawn(move || {
                     if let Some(refresh) = c.try_begin_refresh() {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        return refresh.finish(42).value;
+                        winners.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        refresh.finish(1);
                     }
-                    if let Some(entry) = c.wait_servable().await {
-                        return entry.value;
-                    }
-                }
-            }));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), 42);
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn zero_ttl_waiter_gets_the_entry_it_waited_for() {
-        let c = cache(0, 0);
-        let refresh = c.try_begin_refresh().unwrap();
-        let waiter = {
-            let c = Arc::clone(&c);
-            tokio::spawn(async move { c.wait_servable().await.map(|e| e.value) })
-        };
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        refresh.finish(5);
-        assert_eq!(waiter.await.unwrap(), Some(5));
-        assert!(matches!(c.lookup(), Lookup::Missing));
-    }
-
-    #[tokio::test]
-    async fn waiter_wakes_when_refresh_is_abandoned() {
-        let c = cache(1_000, 1_000);
-        let refresh = c.try_begin_refresh().unwrap();
-        let waiter = {
-            let c = Arc::clone(&c);
-            tokio::spawn(async move { c.wait_servable().await.map(|e| e.value) })
-        };
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        drop(refresh);
-        let got = tokio::time::timeout(Duration::from_secs(1), waiter)
-            .await
-            .expect("waiter must wake")
-            .unwrap();
-        assert_eq!(got, None);
+        assert_eq!(winners.load(Ordering::SeqCst), 1);
+        assert_eq!(c.read_fresh(|v| *v), Some(1));
     }
 }

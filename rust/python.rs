@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -118,6 +118,43 @@ struct ReadyEntry {
     full: Rendered,
 }
 
+/// A round's asyncio future and the loop it belongs to.
+struct RoundSignal {
+    future: Py<PyAny>,
+    event_loop: Py<PyAny>,
+}
+
+impl RoundSignal {
+    /// Resolves the future from any thread when dropped: at the end of the round, or if the round's
+    /// task is torn down, so that no waiter can hang on it.
+    fn resolver(&self, py: Python<'_>) -> ResolveOnDrop {
+        ResolveOnDrop {
+            future: self.future.clone_ref(py),
+            event_loop: self.event_loop.clone_ref(py),
+        }
+    }
+}
+
+struct ResolveOnDrop {
+    future: Py<PyAny>,
+    event_loop: Py<PyAny>,
+}
+
+impl Drop for ResolveOnDrop {
+    fn drop(&mut self) {
+        Python::attach(|py| {
+            let set_result = self.future.bind(py).getattr("set_result");
+            let scheduled = set_result.and_then(|set_result| {
+                self.event_loop
+                    .bind(py)
+                    .call_method1("call_soon_threadsafe", (set_result, py.None()))
+            });
+            // A closed loop has no waiters left to wake.
+            drop(scheduled);
+        });
+    }
+}
+
 /// What a request to `/ready` or `/ready/<name>` asks for, read off it once.
 struct ReadyRequest {
     one: Option<String>,
@@ -139,6 +176,9 @@ struct Inner {
     event_loop: Arc<ArcSwapOption<TaskLocals>>,
     running: AtomicBool,
     draining: AtomicBool,
+    /// The asyncio future of the newest `/ready` round: every request that must wait awaits this one
+    /// future, so a burst of waiters costs one wake-up each instead of one task and thread hop each.
+    round: Mutex<Option<RoundSignal>>,
     /// Created on first use, inside the serving process (its flusher thread must not precede a fork).
     access_log: OnceLock<Arc<AccessLog<io::Stderr>>>,
     headers: Headers,
@@ -229,18 +269,28 @@ impl Inner {
     }
 
     /// Starts a check round unless one is already in flight. The probes start here, on the calling
-    /// thread, so that Python checks are called with the GIL the caller already holds.
-    fn refresh_ready(self: &Arc<Self>) {
+    /// thread, so that Python checks are called with the GIL the caller already holds. Called from
+    /// the serving event loop, whose future the round resolves when it ends, however it ends.
+    fn refresh_ready(self: &Arc<Self>, py: Python<'_>) -> PyResult<()> {
         let Some(refresh) = self.ready.try_begin_refresh() else {
-            return;
+            return Ok(());
         };
+        let event_loop = pyo3_async_runtimes::get_running_loop(py)?;
+        let signal = RoundSignal {
+            future: event_loop.call_method0("create_future")?.unbind(),
+            event_loop: event_loop.unbind(),
+        };
+        let done = signal.resolver(py);
+        *self.round.lock().unwrap_or_else(PoisonError::into_inner) = Some(signal);
         let subsystems = self.subsystems.load_full();
         let round = start_round(&subsystems, runtime().handle());
         let inner = Arc::clone(self);
         runtime().spawn(async move {
+            let _done = done;
             let entry = inner.ready_entry(round.await);
             refresh.finish(entry);
         });
+        Ok(())
     }
 
     /// The answer to a readiness request from a round's entry.
@@ -274,24 +324,28 @@ impl Inner {
     }
 
     /// A servable readiness answer if there is one, starting a refresh when it is due.
-    fn ready_now(self: &Arc<Self>, py: Python<'_>, request: &ReadyRequest) -> Option<Py<PyTuple>> {
+    fn ready_now(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        request: &ReadyRequest,
+    ) -> PyResult<Option<Py<PyTuple>>> {
         if self.draining.load(Ordering::Acquire) {
             let body = Rendered::new(render::draining(request.format));
-            return Some(body.response(py, &self.headers, request.head));
+            return Ok(Some(body.response(py, &self.headers, request.head)));
         }
         if let Some(hit) = self
             .ready
             .read_fresh(|entry| self.ready_response(py, entry, request))
         {
-            return Some(hit);
+            return Ok(Some(hit));
         }
-        self.refresh_ready();
-        match self.ready.lookup() {
+        self.refresh_ready(py)?;
+        Ok(match self.ready.lookup() {
             Lookup::Fresh(entry) | Lookup::Stale(entry) => {
                 Some(self.ready_response(py, &entry.value, request))
             }
             Lookup::Missing => None,
-        }
+        })
     }
 
     fn error(&self, py: Python<'_>, code: u16) -> Py<PyTuple> {
@@ -353,6 +407,7 @@ impl Core {
             event_loop: Arc::new(ArcSwapOption::empty()),
             running: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            round: Mutex::new(None),
             access_log: OnceLock::new(),
             headers: Headers::new(py)?,
             live: fixed(render::live()),
@@ -395,18 +450,46 @@ impl Core {
             Endpoint::ReadyOne(name) => Some(name),
         };
         let request = inner.ready_request(one, head, query, headers)?;
-        Ok(inner.ready_now(py, &request))
+        inner.ready_now(py, &request)
     }
 
-    /// Waits for the round in flight (single-flight: all waiters share it) and answers from it.
-    fn ready_wait<'py>(
+    /// The asyncio future of the round in flight (or of the last one, already done), starting a
+    /// round if none has been. Await it through `asyncio.shield`: it is shared by every waiter.
+    fn ready_round(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Some(signal) = self
+            .0
+            .round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(signal.future.clone_ref(py));
+        }
+        self.0.refresh_ready(py)?;
+        match self
+            .0
+            .round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(signal) => Ok(signal.future.clone_ref(py)),
+            None => Err(PyRuntimeError::new_err(
+                "no readiness round could be started",
+            )),
+        }
+    }
+
+    /// Answers a readiness request from the newest round whatever its age: for requests that have
+    /// just waited for that round (with a TTL of 0 every entry is born stale, yet it is theirs).
+    fn route_latest(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         method: &str,
         path: &str,
         query: &str,
-        headers: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyTuple>> {
         let (one, head) = match route(method, path) {
             Route::Serve {
                 endpoint: Endpoint::ReadyOne(name),
@@ -418,23 +501,19 @@ impl Core {
             } => (None, head),
             _ => {
                 return Err(PyValueError::new_err(
-                    "ready_wait is only for /ready and /ready/<name>",
+                    "route_latest is only for /ready and /ready/<name>",
                 ))
             }
         };
         let request = self.0.ready_request(one, head, query, headers)?;
-        let inner = Arc::clone(&self.0);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            loop {
-                if let Some(entry) = inner.ready.wait_servable().await {
-                    return Python::attach(|py| {
-                        Ok(inner.ready_response(py, &entry.value, &request))
-                    });
-                }
-                // The round we waited for was abandoned; start another.
-                Python::attach(|_| inner.refresh_ready());
-            }
-        })
+        if let Some(answer) = self.0.ready_now(py, &request)? {
+            return Ok(answer);
+        }
+        match self.0.ready.newest() {
+            Some(entry) => Ok(self.0.ready_response(py, &entry.value, &request)),
+            // Only if a round was abandoned before it ever produced a result.
+            None => Ok(self.0.error(py, 503)),
+        }
     }
 
     /// From now on `/ready` answers 503 `draining`, whatever the checks say; everything else is served

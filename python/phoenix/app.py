@@ -6,6 +6,7 @@ the call into the core and the hand-off to the server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -42,13 +43,22 @@ def _internal_error(core: _core.Core, method: str, path: str) -> _core.Response:
     return core.error_response(500)
 
 
+async def _after_round(
+    core: _core.Core, method: str, path: str, query: str, headers: _core.HeaderLookup
+) -> _core.Response:
+    """Waits for the readiness round in flight, then answers from it. Every waiter awaits the same
+    future, shielded so that one client going away cannot cancel it for the others."""
+    await asyncio.shield(core.ready_round())
+    return core.route_latest(method, path, query, headers)
+
+
 async def _respond(
     core: _core.Core, method: str, path: str, query: str, headers: _core.HeaderLookup
 ) -> _core.Response:
     try:
         response = core.route(method, path, query, headers)
         if response is None:
-            response = await core.ready_wait(method, path, query, headers)
+            response = await _after_round(core, method, path, query, headers)
         return response
     except Exception:
         return _internal_error(core, method, path)
@@ -59,7 +69,6 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
     ``logging`` call per request would cost as much as serving it. It still honours the ``phoenix.api``
     logger's level, as it stands when the handler is built."""
     route = core.route
-    ready_wait = core.ready_wait
     log_request = core.log_request if request_log and _access.isEnabledFor(logging.INFO) else None
 
     # `_respond` inlined: an extra coroutine per request is a measurable share of a cache hit.
@@ -70,7 +79,7 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
         try:
             response = route(method, path, scope.query_string, scope.headers)
             if response is None:
-                response = await ready_wait(method, path, scope.query_string, scope.headers)
+                response = await _after_round(core, method, path, scope.query_string, scope.headers)
         except Exception:
             response = _internal_error(core, method, path)
         proto.response_bytes(*response)
