@@ -323,15 +323,25 @@ impl Inner {
         rendered.response(py, &self.headers, request.head)
     }
 
+    /// While draining, readiness answers 503 whatever the checks say.
+    fn draining_response(&self, py: Python<'_>, request: &ReadyRequest) -> Option<Py<PyTuple>> {
+        self.draining.load(Ordering::Acquire).then(|| {
+            Rendered::new(render::draining(request.format)).response(
+                py,
+                &self.headers,
+                request.head,
+            )
+        })
+    }
+
     /// A servable readiness answer if there is one, starting a refresh when it is due.
     fn ready_now(
         self: &Arc<Self>,
         py: Python<'_>,
         request: &ReadyRequest,
     ) -> PyResult<Option<Py<PyTuple>>> {
-        if self.draining.load(Ordering::Acquire) {
-            let body = Rendered::new(render::draining(request.format));
-            return Ok(Some(body.response(py, &self.headers, request.head)));
+        if let Some(draining) = self.draining_response(py, request) {
+            return Ok(Some(draining));
         }
         if let Some(hit) = self
             .ready
@@ -506,9 +516,10 @@ impl Core {
             }
         };
         let request = self.0.ready_request(one, head, query, headers)?;
-        if let Some(answer) = self.0.ready_now(py, &request)? {
-            return Ok(answer);
+        if let Some(draining) = self.0.draining_response(py, &request) {
+            return Ok(draining);
         }
+        // Never a new round here: the caller has just waited for one, and it is the answer.
         match self.0.ready.newest() {
             Some(entry) => Ok(self.0.ready_response(py, &entry.value, &request)),
             // Only if a round was abandoned before it ever produced a result.

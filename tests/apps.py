@@ -170,3 +170,59 @@ def slow_check() -> Kernel:
         return 1.0
 
     return kernel
+
+
+def _scripted_metric() -> float:
+    """The metric the test wrote to ``$PHOENIX_TEST_METRIC`` (a file), so it can change over time."""
+    with open(os.environ["PHOENIX_TEST_METRIC"]) as metric:
+        return float(metric.read().strip() or "nan")
+
+
+def probes() -> Kernel:
+    """The probe-semantics kernel: one passing, one warning, one failing subsystem."""
+    kernel = Kernel(ready_ttl_ms=0)
+
+    @kernel.subsystem("db", threshold=0.5, warn_threshold=0.8)
+    async def db() -> float:
+        return 0.95
+
+    @kernel.subsystem("cache", threshold=0.5, warn_threshold=0.8)
+    def cache() -> float:
+        return 0.7
+
+    @kernel.subsystem("queue", threshold=0.9)
+    async def queue() -> float:
+        return 0.5
+
+    return kernel
+
+
+def scripted() -> Kernel:
+    """A per-round check reading its metric from a file, tolerating two failures in a row."""
+    kernel = Kernel(ready_ttl_ms=0)
+    kernel.subsystem("scripted", threshold=0.5, failures_before_unready=3)(_scripted_metric)
+    return kernel
+
+
+def background() -> Kernel:
+    """A background check (every 50 ms) reading its metric from a file."""
+    kernel = Kernel(ready_ttl_ms=0)
+    kernel.subsystem("bg", threshold=0.5, interval_ms=50)(_scripted_metric)
+    return kernel
+
+
+def guarded() -> Kernel:
+    """Details only for requests bearing the token."""
+    kernel = Kernel(details="token", token="s3cret")
+
+    @kernel.subsystem("db", threshold=0.5)
+    async def db() -> float:
+        return 0.9
+
+    return kernel
+
+
+def private() -> Kernel:
+    kernel = Kernel(details="never")
+    kernel.add_ping()
+    return kernel

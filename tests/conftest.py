@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30.0
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Declared here, not in tests/load/, so that a plain `pytest --load-full` from the root accepts it.
+    parser.addoption(
+        "--load-full",
+        action="store_true",
+        default=False,
+        help="load suite: run the seed's full durations (sustained load for 30 s instead of 10 s); "
+        "also PHOENIX_LOAD_FULL=1",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

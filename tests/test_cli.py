@@ -86,3 +86,18 @@ def test_data_dir_precedence_is_cli_then_env_then_file(tmp_path: Path) -> None:
     assert phoenix("check", "--data-dir", "from-cli", cwd=tmp_path, env=env).returncode == 0
     for used in ("from-file", "from-env", "from-cli"):
         assert (tmp_path / used / "plastic_ltm.redb").exists(), used
+
+
+def test_public_details_on_a_non_loopback_host_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from phoenix import Kernel
+    from phoenix.cli import warn_if_details_public
+
+    with caplog.at_level("WARNING", logger="phoenix.kernel"):
+        warn_if_details_public(Kernel(), "127.0.0.1")
+        warn_if_details_public(Kernel(), "localhost")
+        warn_if_details_public(Kernel(details="token", token="t"), "0.0.0.0")
+        assert caplog.records == []
+        warn_if_details_public(Kernel(), "0.0.0.0")
+    (record,) = caplog.records
+    assert "0.0.0.0" in record.getMessage()
+    assert "details = 'always'" in record.getMessage()

@@ -86,6 +86,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def warn_if_details_public(kernel: Kernel, host: str) -> None:
+    if kernel.details == "always" and not _is_loopback(host):
+        _log.warning(
+            "serving on %s with details = 'always': subsystems, metrics and errors are visible to "
+            "anyone who can reach it; consider details = 'token'",
+            host,
+        )
+
+
 def _draining_server(drain_s: float) -> type[Any]:
     """Granian's server, with a drain phase on SIGTERM/SIGINT: the workers are told to answer
     ``/ready`` with 503 at once (``DRAIN_SIGNAL``), keep serving for ``drain_s``, and only then does
@@ -124,12 +133,7 @@ def _serve(settings: Settings) -> int:
         )
     kernel = load_kernel(settings)  # fail here, with exit status 2, rather than in every worker
     configure(settings.log_level)
-    if kernel.details == "always" and not _is_loopback(settings.host):
-        _log.warning(
-            "serving on %s with details = 'always': subsystems, metrics and errors are visible to "
-            "anyone who can reach it; consider details = 'token'",
-            settings.host,
-        )
+    warn_if_details_public(kernel, settings.host)
     os.environ.update(settings.to_env())
     # Every key is now explicit in the environment; no file may add to it in the workers.
     os.environ[CONFIG_ENV_VAR] = os.devnull

@@ -56,17 +56,42 @@ class Kernel:
         # setting rather than testing it per request.
         self.__rsgi__: RSGIHandler = rsgi_handler(self._core, request_log=enabled)
 
-    def subsystem(self, name: str, *, threshold: float, timeout_ms: int | None = None) -> Callable[[F], F]:
-        """Registers a check. It returns a float metric, or a bool (``True`` means 1.0), and the
-        subsystem is ready when the metric is above ``threshold``. ``async def`` checks run on the
-        serving event loop; plain functions run in a thread. Either is abandoned (reported as timed
-        out) after ``timeout_ms``, default the kernel's ``check_timeout_ms``, and a run that is still
-        pending is never started again.
+    def subsystem(
+        self,
+        name: str,
+        *,
+        threshold: float,
+        warn_threshold: float | None = None,
+        timeout_ms: int | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> Callable[[F], F]:
+        """Registers a check. It returns a float metric, or a bool (``True`` means 1.0).
+
+        - The subsystem passes when the metric is above ``warn_threshold`` (or ``threshold`` when
+          there is none), warns when it is above ``threshold`` only, and fails otherwise. Warn is
+          still ready.
+        - ``async def`` checks run on the serving event loop; plain functions run in a thread. A
+          check is abandoned (reported as timed out) after ``timeout_ms``, default the kernel's
+          ``check_timeout_ms``, and a run that is still pending is never started again.
+        - With ``interval_ms`` the check runs in the background on that period and ``/ready``
+          serves its latest result (``pending`` until the first); otherwise it runs per round.
+        - Readiness flips to not-ready after ``failures_before_unready`` failures in a row (earlier
+          ones are reported as warn), and back on the first success.
         """
 
         def register(func: F) -> F:
             is_async = inspect.iscoroutinefunction(func)
-            self._core.add_check(name, func, is_async, float(threshold), timeout_ms)
+            self._core.add_check(
+                name,
+                func,
+                is_async,
+                float(threshold),
+                timeout_ms,
+                None if warn_threshold is None else float(warn_threshold),
+                interval_ms,
+                failures_before_unready,
+            )
             return func
 
         return register
