@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 DATA_DIR ?= phoenix-data
 DIST ?= dist
 
-.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean bench-http
+.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean bench-http bench-soak
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,8 +51,12 @@ wheel: deps
 	maturin build --release -o $(DIST)
 	maturin sdist -o $(DIST)
 
+# Micro-benchmarks, Phoenix beside pure Python per group, with the ratios printed after the table. Each run
+# is saved under .benchmarks/ (git-ignored): make bench BENCH_OPTS=--benchmark-compare sets each result beside
+# the previous run's (or =0001 for run 1).
 bench: develop
-	pytest benches --benchmark-enable --benchmark-group-by=group -q
+	pytest benches --benchmark-enable --benchmark-group-by=group --benchmark-autosave \
+		--benchmark-columns=min,median,mean,ops,rounds -q $(BENCH_OPTS)
 
 clean:
 	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache
@@ -61,3 +65,9 @@ clean:
 # cores). e.g. make bench-http BENCH_ARGS="--duration 5 --rounds 3 --connections 1,50"
 bench-http: develop
 	python benches/http_harness.py $(BENCH_ARGS)
+
+# Soak: Phoenix under 50 keep-alive connections on /health and /ready (wrk, pinned cores) for MINUTES
+# minutes after a 30 s warm-up; reports the worker's RSS growth. e.g. make bench-soak MINUTES=5
+MINUTES ?= 5
+bench-soak: develop
+	python benches/soak.py --minutes $(MINUTES)

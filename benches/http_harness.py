@@ -5,9 +5,10 @@
 
 All servers run pinned to core 0 and wrk to core 1 (``taskset``), with the same settings for each: per
 connection count a 2 s warm-up per target, then ``--rounds`` runs of ``--duration`` seconds of
-``wrk -t1 -cC --latency``, taken in turns across the targets; the median round is reported. The markdown
-report (with the machine description) and the raw JSON go to ``--out``. Compare ratios within one run,
-not numbers across runs.
+``wrk -t1 -cC --latency``, taken in turns across the targets; the median round is reported. Each server's
+RSS is read before and after every load. The markdown report (with the machine description and the
+issue's targets evaluated), a PNG chart of req/s and p99 (matplotlib) and the raw JSON go to ``--out``.
+Compare ratios within one run, not numbers across runs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ QUIET_PCT = 15.0  # the machine counts as quiet below this much busy CPU, in % o
 QUIET_TIMEOUT_S = 60.0
 CEILING = "ceiling (granian rsgi)"
 FASTAPI_PACKAGES = ["fastapi", "uvicorn", "httptools"]
+CHART_PACKAGES = ["matplotlib"]
+# Open files wanted for the harness and the servers and wrk it starts (they inherit the limit): at
+# c = 500 a server holds 500 sockets and wrk another 500, near the soft limit of 1024 that many shells set.
+NOFILE_WANTED = 65536
+# The issue's targets (section "Targets"): Phoenix /health against the ceiling and FastAPI + uvicorn.
+TARGET_CEILING_RATIO = 0.95
+TARGET_FASTAPI_RATIO = 9.0
+TARGET_P99_CONNECTIONS = 50
+TARGET_P99_RATIO = 1.1
+TARGET_READY_RATIO = 0.9
+TARGET_SOAK_GROWTH_MB = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,22 +92,51 @@ def ensure_wrk() -> None:
         sys.exit("apt-get install wrk did not provide a wrk binary")
 
 
-def ensure_fastapi() -> bool:
-    """FastAPI and uvicorn importable, installing them into the running venv if missing."""
-    if all(importlib.util.find_spec(name) for name in FASTAPI_PACKAGES):
+def ensure_packages(packages: list[str], purpose: str) -> bool:
+    """The packages importable, installing them into the running venv if missing."""
+    if all(importlib.util.find_spec(name) for name in packages):
         return True
     if sys.prefix == sys.base_prefix:
-        log("fastapi/uvicorn missing and not in a venv: skipping the FastAPI comparison")
+        log(f"{'/'.join(packages)} missing and not in a venv: skipping {purpose}")
         return False
-    log(f"installing {' '.join(FASTAPI_PACKAGES)} into {sys.prefix}")
-    argv = [sys.executable, "-m", "pip", "install", "-q", *FASTAPI_PACKAGES]
+    log(f"installing {' '.join(packages)} into {sys.prefix}")
+    argv = [sys.executable, "-m", "pip", "install", "-q", *packages]
     try:
         subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=600, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
-        log(f"pip install failed ({exc}): skipping the FastAPI comparison")
+        log(f"pip install failed ({exc}): skipping {purpose}")
         return False
     importlib.invalidate_caches()
-    return all(importlib.util.find_spec(name) for name in FASTAPI_PACKAGES)
+    return all(importlib.util.find_spec(name) for name in packages)
+
+
+def ensure_fastapi() -> bool:
+    return ensure_packages(FASTAPI_PACKAGES, "the FastAPI comparison")
+
+
+def ensure_matplotlib() -> bool:
+    return ensure_packages(CHART_PACKAGES, "the PNG chart")
+
+
+def raise_nofile(connections: int) -> str:
+    """Raises the soft limit on open files, which the servers and wrk inherit, towards NOFILE_WANTED
+    (never above the hard limit); warns if it stays too low for ``connections``. Returns "soft/hard"."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, NOFILE_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log(f"raised the open-files soft limit from {soft} to {wanted}")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # A server's and wrk's sockets, plus room for the interpreter, logs and the event loop.
+    needed = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log(f"open-files limit {soft} is below the {needed} needed for c={connections}: expect socket errors")
+
+    def show(limit: int) -> str:
+        return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+    return f"{show(soft)}/{show(hard)}"
 
 
 def version(package: str) -> str:
@@ -243,7 +284,7 @@ class Server:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.spec.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
 
@@ -251,7 +292,7 @@ class Server:
         """Polls the port, then each endpoint until it answers 200; returns each endpoint's body size."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            self._check_alive()
+            self.check_alive()
             try:
                 socket.create_connection((HOST, self.port), timeout=0.5).close()
                 break
@@ -262,7 +303,7 @@ class Server:
         sizes = {}
         for endpoint in self.spec.endpoints:
             while True:
-                self._check_alive()
+                self.check_alive()
                 status, body = http_get(self.port, endpoint)
                 if status == 200:
                     sizes[endpoint] = len(body)
@@ -316,6 +357,7 @@ def wrk(url: str, connections: int, seconds: int, server: Server) -> dict[str, A
     argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     argv += ["-s", str(LUA), url]
     pids = server.all_pids()
+    rss_before = server.rss_kb()
     server_cpu, wrk_cpu, busy = cpu_seconds(pids), children_cpu_seconds(), machine_busy_seconds()
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
@@ -327,6 +369,7 @@ def wrk(url: str, connections: int, seconds: int, server: Server) -> dict[str, A
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
     report: dict[str, Any] = json.loads(lines[-1].removeprefix("WRK_JSON "))
     report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
+    report["rss_kb_before"], report["rss_kb_after"] = rss_before, server.rss_kb()
     report["server_cpu_pct"] = 100 * server_cpu / wall
     report["wrk_cpu_pct"] = 100 * wrk_cpu / wall
     # Whatever else ran meanwhile (other processes, kernel work, steal), in % of one core.
@@ -346,6 +389,8 @@ class Result:
     wrk_cpu_pct: float
     other_cpu_pct: float
     errors: int
+    error_kinds: dict[str, int]  # connect, read, write, status (non-2xx/3xx), timeout: summed over rounds
+    rss_kb_max: int  # the largest server RSS read around this point's runs
     rounds: list[dict[str, Any]]
 
 
@@ -364,11 +409,14 @@ def summarize(server: str, endpoint: str, connections: int, rounds: list[dict[st
         wrk_cpu_pct=median("wrk_cpu_pct"),
         other_cpu_pct=median("other_cpu_pct"),
         errors=sum(sum(r["errors"].values()) for r in rounds),
+        error_kinds={kind: sum(r["errors"][kind] for r in rounds) for kind in rounds[0]["errors"]},
+        rss_kb_max=max(max(r["rss_kb_before"], r["rss_kb_after"]) for r in rounds),
         rounds=rounds,
     )
     log(
         f"{server} {endpoint} c={connections}: {result.rps:,.0f} req/s, "
         f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms"
+        + (f", errors {result.error_kinds}" if result.errors else "")
     )
     return result
 
@@ -427,6 +475,7 @@ def bench(
             servers.append(server)
         for server in servers:
             info[server.spec.name]["rss_kb_before"] = server.rss_kb()
+            info[server.spec.name]["rss_kb_after_connections"] = {}
         targets = [(server, endpoint) for server in servers for endpoint in server.spec.endpoints]
         results = []
         for connections in args.connections:
@@ -444,6 +493,8 @@ def bench(
                     rounds[server.spec.name, endpoint].append(run)
             for (name, endpoint), runs in rounds.items():
                 results.append(summarize(name, endpoint, connections, runs))
+            for server in servers:
+                info[server.spec.name]["rss_kb_after_connections"][str(connections)] = server.rss_kb()
         for server in servers:
             info[server.spec.name]["rss_kb_after"] = server.rss_kb()
             info[server.spec.name]["worker_pids"] = server.workers()
@@ -453,12 +504,122 @@ def bench(
 # --- report ----------------------------------------------------------------------------------------
 
 
+PHOENIX_ON = "phoenix (request log on)"
+PHOENIX_OFF = "phoenix (request log off)"
+FASTAPI_ON = "fastapi+uvicorn (access log on)"
+FASTAPI_OFF = "fastapi+uvicorn (access log off)"
+# Chart colours: the ceiling grey, Phoenix blues (log on) and greens (log off), FastAPI oranges.
+COLOURS = {
+    (CEILING, "/health"): "#7f7f7f",
+    (PHOENIX_ON, "/health"): "#1f4e9c",
+    (PHOENIX_ON, "/ready"): "#6f9fe0",
+    (PHOENIX_OFF, "/health"): "#1b7a3a",
+    (PHOENIX_OFF, "/ready"): "#7cc48f",
+    (FASTAPI_ON, "/health"): "#d9661f",
+    (FASTAPI_OFF, "/health"): "#f2b27c",
+}
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "**MISS**")
+
+
+@dataclass
+class TargetCheck:
+    target: str
+    connections: int | None
+    shipped: str  # Phoenix with its request log on, FastAPI + uvicorn with its access log on
+    shipped_ok: bool | None
+    log_off: str  # both logs off
+    log_off_ok: bool | None
+
+
+def latest_soak(out: Path) -> dict[str, Any] | None:
+    """The newest soak report (benches/soak.py) in ``out``, if any."""
+    for path in sorted(out.glob("soak-*.json"), reverse=True):
+        with contextlib.suppress(OSError, ValueError):
+            found: dict[str, Any] = json.loads(path.read_text())
+            found["path"] = path.with_suffix(".md").name
+            return found
+    return None
+
+
+def evaluate_targets(results: list[Result], args: argparse.Namespace) -> list[TargetCheck]:
+    """The issue's targets, from this run's medians; the soak target from the newest soak report."""
+    by_key = {(r.server, r.endpoint, r.connections): r for r in results}
+
+    def check(
+        a: tuple[str, str, int], b: tuple[str, str, int], attr: str, bound: float, at_least: bool
+    ) -> tuple[str, bool | None]:
+        ra, rb = by_key.get(a), by_key.get(b)
+        if ra is None or rb is None or not getattr(rb, attr):
+            return "-", None
+        va, vb = getattr(ra, attr), getattr(rb, attr)
+        value = va / vb
+        shown = f"{va:,.0f} ÷ {vb:,.0f} req/s" if attr == "rps" else f"{va:.3f} ÷ {vb:.3f} ms"
+        return f"{value:.2f}x ({shown})", value >= bound if at_least else value <= bound
+
+    checks = []
+
+    def add(target: str, c: int, shipped: tuple[Any, ...], log_off: tuple[Any, ...]) -> None:
+        checks.append(TargetCheck(target, c, *check(*shipped), *check(*log_off)))
+
+    for c in args.connections:
+        add(
+            f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
+            c,
+            ((PHOENIX_ON, "/health", c), (CEILING, "/health", c), "rps", TARGET_CEILING_RATIO, True),
+            ((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), "rps", TARGET_CEILING_RATIO, True),
+        )
+    for c in args.connections:
+        add(
+            f"/health ≥ {TARGET_FASTAPI_RATIO:g}x FastAPI + uvicorn (req/s)",
+            c,
+            ((PHOENIX_ON, "/health", c), (FASTAPI_ON, "/health", c), "rps", TARGET_FASTAPI_RATIO, True),
+            ((PHOENIX_OFF, "/health", c), (FASTAPI_OFF, "/health", c), "rps", TARGET_FASTAPI_RATIO, True),
+        )
+    c = TARGET_P99_CONNECTIONS
+    add(
+        f"/health p99 at c = {c} ≤ {TARGET_P99_RATIO}x the ceiling's p99",
+        c,
+        ((PHOENIX_ON, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
+        ((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
+    )
+    for c in args.connections:
+        add(
+            f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
+            c,
+            ((PHOENIX_ON, "/ready", c), (PHOENIX_ON, "/health", c), "rps", TARGET_READY_RATIO, True),
+            ((PHOENIX_OFF, "/ready", c), (PHOENIX_OFF, "/health", c), "rps", TARGET_READY_RATIO, True),
+        )
+    soak = latest_soak(args.out)
+    target = f"RSS growth over 5 minutes ≤ {TARGET_SOAK_GROWTH_MB:g} MB"
+    if soak is None or "rss" not in soak:
+        checks.append(
+            TargetCheck(target, 50, "not measured: run `make bench-soak MINUTES=5`", None, "-", None)
+        )
+    else:
+        growth = soak["rss"]["growth_mb"]
+        minutes = soak["args"]["minutes"]
+        shipped = (
+            f"{growth:+.2f} MB over {minutes:g} min, from [{soak['path']}]({soak['path']}) "
+            f"({soak['machine']['date']}, request log {soak['request_log']})"
+        )
+        ok = growth <= TARGET_SOAK_GROWTH_MB if minutes >= 5 else None
+        checks.append(TargetCheck(target, 50, shipped, ok, "-", None))
+    return checks
+
+
 def report(
-    results: list[Result], servers: dict[str, Any], env: dict[str, str], args: argparse.Namespace
+    results: list[Result],
+    servers: dict[str, Any],
+    env: dict[str, str],
+    args: argparse.Namespace,
+    chart_name: str | None,
 ) -> str:
     by_key = {(r.server, r.endpoint, r.connections): r for r in results}
 
@@ -477,7 +638,8 @@ def report(
         "Ratios compare servers within this run. CPU columns are % of one core during the rounds: the "
         "server's processes, wrk, and everything else on the machine (other CPU % well above 0 means the "
         f"numbers are disturbed; each round waits, up to {QUIET_TIMEOUT_S:.0f} s, for the machine to be "
-        "idle first).",
+        "idle first). Errors are wrk's socket errors (connect, read, write, timeout) and non-2xx/3xx "
+        "answers, summed over the rounds.",
         "",
         "| server | endpoint | connections | req/s | p50 ms | p99 ms | ratio to ceiling | server CPU % "
         "| wrk CPU % | other CPU % | errors |",
@@ -489,13 +651,38 @@ def report(
             f"| {ratio(r.rps, rps(CEILING, '/health', r.connections))} | {r.server_cpu_pct:.0f} "
             f"| {r.wrk_cpu_pct:.0f} | {r.other_cpu_pct:.0f} | {r.errors} |"
         )
+    if chart_name:
+        lines += ["", f"![req/s and p99 per server and connection count]({chart_name})"]
+
+    checks = evaluate_targets(results, args)
+    lines += ["", "## Targets", ""]
+    lines += [
+        "Phoenix as shipped (request log on) against FastAPI + uvicorn as shipped (access log on) and the "
+        "ceiling; the last two columns are the same with both logs off. Ratios are of the medians above.",
+        "",
+        "| target | connections | as shipped | result | logs off | result |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for t in checks:
+        lines.append(
+            f"| {t.target} | {t.connections if t.connections is not None else '-'} | {t.shipped} "
+            f"| {verdict(t.shipped_ok)} | {t.log_off} | {verdict(t.log_off_ok)} |"
+        )
+    missed = [t for t in checks if t.shipped_ok is False]
+    lines.append("")
+    if missed:
+        lines.append(
+            "Missed as shipped: " + "; ".join(f"{t.target} at c = {t.connections}" for t in missed) + "."
+        )
+    else:
+        lines.append("Missed as shipped: none.")
+
     lines += ["", "## Ratios", ""]
     lines += [
         "| connections | request log | Phoenix /health ÷ ceiling | Phoenix /ready ÷ /health "
         "| Phoenix /health ÷ FastAPI |",
         "|---:|---|---:|---:|---:|",
     ]
-    warnings = []
     for connections in args.connections:
         for state in ("on", "off"):
             phoenix = f"phoenix (request log {state})"
@@ -507,19 +694,116 @@ def report(
                 f"| {connections} | {state} | {ratio(health, ceiling)} | {ratio(ready, health)} "
                 f"| {ratio(health, fastapi)} |"
             )
-            if connections == 50 and health and ceiling and health < 0.9 * ceiling:
-                warnings.append(f"Phoenix /health (log {state}) is below 0.9x the ceiling at c=50")
-            if health and ready and ready < 0.8 * health:
-                warnings.append(f"Phoenix /ready (log {state}) is below 0.8x /health at c={connections}")
+
     lines += ["", "## Memory (VmRSS of the worker processes, MiB)", ""]
-    lines += ["| server | before load | after load |", "|---|---:|---:|"]
+    lines += [
+        "Read when the server is up, before any load, then after each connection count's rounds; the "
+        "maximum is over the readings before and after every run. The growth is after the last load minus "
+        "before the first: a soak (`make bench-soak`) measures growth under steady load.",
+        "",
+    ]
+    after_cols = [f"after c = {c}" for c in args.connections]
+    lines += [
+        "| server | before load | " + " | ".join(after_cols) + " | max | growth |",
+        "|---|---:|" + "---:|" * len(after_cols) + "---:|---:|",
+    ]
     for name, info in servers.items():
-        lines.append(f"| {name} | {info['rss_kb_before'] / 1024:.1f} | {info['rss_kb_after'] / 1024:.1f} |")
-    if warnings:
-        lines += ["", "## Below target", "", *[f"- {w}" for w in warnings]]
+        afters = [info["rss_kb_after_connections"].get(str(c), 0) for c in args.connections]
+        peak = max([info["rss_kb_before"], *afters, *(r.rss_kb_max for r in results if r.server == name)])
+        growth = info["rss_kb_after"] - info["rss_kb_before"]
+        lines.append(
+            f"| {name} | {info['rss_kb_before'] / 1024:.1f} | "
+            + " | ".join(f"{kb / 1024:.1f}" for kb in afters)
+            + f" | {peak / 1024:.1f} | {growth / 1024:+.1f} |"
+        )
+
+    lines += ["", "## Errors", ""]
+    with_errors = [r for r in results if r.errors]
+    if not with_errors:
+        lines.append(
+            "No socket errors or bad statuses at any connection count "
+            f"({', '.join(map(str, args.connections))}); open-files limit (soft/hard) "
+            f"{env.get('nofile', '-')}."
+        )
+    else:
+        for r in with_errors:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in r.error_kinds.items() if n)
+            lines.append(f"- {r.server} {r.endpoint} c = {r.connections}: {kinds}")
+        lines.append(f"- open-files limit (soft/hard): {env.get('nofile', '-')}")
+
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: `{value}`" for key, value in env.items() if key not in ("date", "command")]
     return "\n".join(lines) + "\n"
+
+
+def chart(results: list[Result], env: dict[str, str], args: argparse.Namespace, path: Path) -> bool:
+    """req/s (top row) and p99 (bottom row), one panel per connection count, one bar per server and
+    endpoint; written to ``path`` as PNG. False if matplotlib is not available."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError:
+        log("matplotlib is not importable: no chart")
+        return False
+    by_key = {(r.server, r.endpoint, r.connections): r for r in results}
+    targets = list(dict.fromkeys((r.server, r.endpoint) for r in results))
+    colours = [COLOURS.get(t, "#444444") for t in targets]
+    columns = len(args.connections)
+    fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns + 1.2, 8.0), squeeze=False)
+    rows = [("rps", "req/s (median)"), ("p99_ms", "p99 latency, ms (median, log scale)")]
+    for col, connections in enumerate(args.connections):
+        ceiling = by_key.get((CEILING, "/health", connections))
+        for row, (attr, label) in enumerate(rows):
+            ax = axes[row][col]
+            found = [by_key.get((server, endpoint, connections)) for server, endpoint in targets]
+            values = [float(getattr(r, attr)) if r else 0.0 for r in found]
+            bars = ax.bar(range(len(targets)), values, color=colours, width=0.8)
+            if attr == "rps":
+                texts = [
+                    f"{v / 1000:.1f}k" + (f"\n{v / ceiling.rps:.2f}x" if ceiling and ceiling.rps else "")
+                    for v in values
+                ]
+            else:
+                texts = [f"{v:.2f}" if v < 10 else f"{v:.0f}" for v in values]
+            ax.bar_label(bars, labels=texts, fontsize=7, padding=2)
+            if ceiling:  # the ceiling's level across the panel, to read the others against
+                ax.axhline(float(getattr(ceiling, attr)), color="#7f7f7f", linestyle="--", linewidth=0.8)
+            positive = [v for v in values if v > 0] or [1.0]
+            if attr == "rps":
+                ax.set_ylim(0, max(positive) * 1.25)
+            else:  # FastAPI's tail is 10-100x the others: a log scale keeps Phoenix and the ceiling readable
+                ax.set_yscale("log")
+                ax.set_ylim(min(positive) / 2, max(positive) * 3)
+                ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:g}")
+                ax.yaxis.set_minor_formatter(
+                    lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""  # label 2, 5, 20, 50, ...
+                )
+                ax.tick_params(axis="y", which="minor", labelsize=7)
+            ax.set_title(f"c = {connections}: {label}", fontsize=10)
+            ax.set_xticks([])
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            if attr == "rps":
+                ax.yaxis.set_major_formatter(lambda v, _pos: f"{v / 1000:.0f}k")
+    handles = [
+        Patch(color=c, label=f"{server} {endpoint}")
+        for (server, endpoint), c in zip(targets, colours, strict=True)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(
+        f"Phoenix HTTP benchmark, {env['date']}: median of {args.rounds} x {args.duration} s rounds, "
+        f"server on core {SERVER_CPU}, wrk -t1 on core {WRK_CPU}\n"
+        f"{env['cpu_model']}, {env['nproc']} cores, Python {env['python']}, granian {env['granian']}, "
+        f"commit {env['commit']}; req/s labels: k req/s and ratio to the ceiling (dashed line)",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -549,20 +833,25 @@ def main(argv: list[str] | None = None) -> int:
     if len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset"):
         sys.exit("needs taskset and at least 2 usable cores (server on core 0, wrk on core 1)")
     ensure_wrk()
+    nofile = raise_nofile(max(args.connections))
     with_fastapi = ensure_fastapi()
+    with_chart = ensure_matplotlib()
     started = dt.datetime.now()
     env = {
         "date": started.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         **machine(),
+        "nofile": nofile,
     }
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-http-") as tmp:
         results, servers = bench(server_specs(Path(tmp), with_fastapi), Path(tmp), args)
     env["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
-    markdown = report(results, servers, env, args)
-    print(markdown)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"http-{started.strftime('%Y-%m-%d-%H%M%S')}"
+    png = stem.with_suffix(".png")
+    chart_name = png.name if with_chart and chart(results, env, args, png) else None
+    markdown = report(results, servers, env, args, chart_name)
+    print(markdown)
     stem.with_suffix(".md").write_text(markdown)
     raw = {
         "machine": env,
@@ -571,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
     }
     stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
-    log(f"wrote {stem}.md and {stem}.json")
+    log(f"wrote {stem}.md, {stem}.json" + (f" and {png}" if chart_name else ""))
     return 0
 
 

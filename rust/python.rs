@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::future::{ready, FutureExt};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::Runtime;
 
@@ -226,24 +227,31 @@ impl Inner {
         }
     }
 
-    fn ready_request(
+    fn ready_request<'py>(
         &self,
         one: Option<&str>,
         head: bool,
         query: &str,
-        headers: &Bound<'_, PyAny>,
+        headers: &Bound<'py, PyAny>,
     ) -> PyResult<ReadyRequest> {
-        let header = |name: &str| -> PyResult<Option<String>> {
-            headers.call_method1("get", (name,))?.extract()
+        // On the hot path: interned names, and the header value borrowed rather than copied.
+        let py = headers.py();
+        let header = |name: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyString>>> {
+            let value = headers.call_method1(intern!(py, "get"), (name,))?;
+            Ok(value.cast_into::<PyString>().ok())
         };
         let query = if query.is_empty() {
             Query::default()
         } else {
             Query::parse(query)
         };
-        let format = query.format(header("accept")?.as_deref());
+        let accept = header(intern!(py, "accept"))?;
+        let format = query.format(accept.as_ref().map(|v| v.to_str()).transpose()?);
         let details = match self.details {
-            Details::Token(_) => self.shows_details(header("authorization")?.as_deref()),
+            Details::Token(_) => {
+                let authorization = header(intern!(py, "authorization"))?;
+                self.shows_details(authorization.as_ref().map(|v| v.to_str()).transpose()?)
+            }
             _ => self.shows_details(None),
         };
         Ok(ReadyRequest {
