@@ -437,8 +437,9 @@ impl Core {
     }
 
     /// Answers a request from the caches: a `(status, headers, body)` tuple, or `None` when a
-    /// readiness answer has nothing servable yet and the caller must `await ready_wait(...)` with the
-    /// same arguments. `headers` is anything with a `get(name)` method (Granian's RSGI headers, a dict).
+    /// readiness answer has nothing servable yet: the caller then awaits `ready_round()` and asks
+    /// `route_latest` with the same arguments. `headers` is anything with a `get(name)` method
+    /// (Granian's RSGI headers, a dict).
     fn route(
         &self,
         py: Python<'_>,
@@ -474,28 +475,15 @@ impl Core {
     /// The asyncio future of the round in flight (or of the last one, already done), starting a
     /// round if none has been. Await it through `asyncio.shield`: it is shared by every waiter.
     fn ready_round(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if let Some(signal) = self
-            .0
-            .round
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            return Ok(signal.future.clone_ref(py));
+        let current = |py| {
+            let round = self.0.round.lock().unwrap_or_else(PoisonError::into_inner);
+            round.as_ref().map(|signal| signal.future.clone_ref(py))
+        };
+        if let Some(future) = current(py) {
+            return Ok(future);
         }
         self.0.refresh_ready(py)?;
-        match self
-            .0
-            .round
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            Some(signal) => Ok(signal.future.clone_ref(py)),
-            None => Err(PyRuntimeError::new_err(
-                "no readiness round could be started",
-            )),
-        }
+        current(py).ok_or_else(|| PyRuntimeError::new_err("no readiness round could be started"))
     }
 
     /// Answers a readiness request from the newest round whatever its age: for requests that have
