@@ -119,30 +119,31 @@ struct ReadyEntry {
     full: Rendered,
 }
 
-/// A round's asyncio future and the loop it belongs to.
-struct RoundSignal {
+/// The `/ready` round in flight, and the asyncio future its waiters share. The future is made only
+/// when a request actually waits, so that a busy server, which serves the previous answer meanwhile,
+/// never makes the round's thread take the GIL.
+#[derive(Default)]
+struct RoundState {
+    in_flight: bool,
+    waiters: Option<Waiters>,
+}
+
+struct Waiters {
     future: Py<PyAny>,
     event_loop: Py<PyAny>,
 }
 
-impl RoundSignal {
-    /// Resolves the future from any thread when dropped: at the end of the round, or if the round's
-    /// task is torn down, so that no waiter can hang on it.
-    fn resolver(&self, py: Python<'_>) -> ResolveOnDrop {
-        ResolveOnDrop {
-            future: self.future.clone_ref(py),
-            event_loop: self.event_loop.clone_ref(py),
-        }
+impl Waiters {
+    fn new(py: Python<'_>) -> PyResult<Self> {
+        let event_loop = pyo3_async_runtimes::get_running_loop(py)?;
+        Ok(Self {
+            future: event_loop.call_method0("create_future")?.unbind(),
+            event_loop: event_loop.unbind(),
+        })
     }
-}
 
-struct ResolveOnDrop {
-    future: Py<PyAny>,
-    event_loop: Py<PyAny>,
-}
-
-impl Drop for ResolveOnDrop {
-    fn drop(&mut self) {
+    /// Wakes every waiter, from any thread.
+    fn wake(self) {
         Python::attach(|py| {
             let set_result = self.future.bind(py).getattr("set_result");
             let scheduled = set_result.and_then(|set_result| {
@@ -153,6 +154,24 @@ impl Drop for ResolveOnDrop {
             // A closed loop has no waiters left to wake.
             drop(scheduled);
         });
+    }
+}
+
+/// Ends the round when dropped (at its end, or if its task is torn down), so no waiter can hang.
+struct RoundEnd(Arc<Inner>);
+
+impl Drop for RoundEnd {
+    fn drop(&mut self) {
+        // Take the waiters out first: waking them needs the GIL, and a thread holding the GIL may be
+        // waiting for this lock.
+        let waiters = {
+            let mut round = self.0.round.lock().unwrap_or_else(PoisonError::into_inner);
+            round.in_flight = false;
+            round.waiters.take()
+        };
+        if let Some(waiters) = waiters {
+            waiters.wake();
+        }
     }
 }
 
@@ -177,9 +196,9 @@ struct Inner {
     event_loop: Arc<ArcSwapOption<TaskLocals>>,
     running: AtomicBool,
     draining: AtomicBool,
-    /// The asyncio future of the newest `/ready` round: every request that must wait awaits this one
-    /// future, so a burst of waiters costs one wake-up each instead of one task and thread hop each.
-    round: Mutex<Option<RoundSignal>>,
+    /// The round in flight: every request that must wait awaits one shared asyncio future, so a
+    /// burst of waiters costs one wake-up each instead of one task and thread hop each.
+    round: Mutex<RoundState>,
     /// Created on first use, inside the serving process (its flusher thread must not precede a fork).
     access_log: OnceLock<Arc<AccessLog<io::Stderr>>>,
     headers: Headers,
@@ -227,15 +246,19 @@ impl Inner {
         }
     }
 
+    /// Reads a readiness request off `scope` (anything with `query_string` and `headers`, like
+    /// Granian's RSGI scope): only readiness requests pay for reading them.
     fn ready_request<'py>(
         &self,
         one: Option<&str>,
         head: bool,
-        query: &str,
-        headers: &Bound<'py, PyAny>,
+        scope: &Bound<'py, PyAny>,
     ) -> PyResult<ReadyRequest> {
         // On the hot path: interned names, and the header value borrowed rather than copied.
-        let py = headers.py();
+        let py = scope.py();
+        let query = scope.getattr(intern!(py, "query_string"))?;
+        let query = query.cast::<PyString>()?.to_str()?;
+        let headers = scope.getattr(intern!(py, "headers"))?;
         let header = |name: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyString>>> {
             let value = headers.call_method1(intern!(py, "get"), (name,))?;
             Ok(value.cast_into::<PyString>().ok())
@@ -277,28 +300,24 @@ impl Inner {
     }
 
     /// Starts a check round unless one is already in flight. The probes start here, on the calling
-    /// thread, so that Python checks are called with the GIL the caller already holds. Called from
-    /// the serving event loop, whose future the round resolves when it ends, however it ends.
-    fn refresh_ready(self: &Arc<Self>, py: Python<'_>) -> PyResult<()> {
+    /// thread, so that Python checks are called with the GIL the caller already holds.
+    fn refresh_ready(self: &Arc<Self>) {
         let Some(refresh) = self.ready.try_begin_refresh() else {
-            return Ok(());
+            return;
         };
-        let event_loop = pyo3_async_runtimes::get_running_loop(py)?;
-        let signal = RoundSignal {
-            future: event_loop.call_method0("create_future")?.unbind(),
-            event_loop: event_loop.unbind(),
-        };
-        let done = signal.resolver(py);
-        *self.round.lock().unwrap_or_else(PoisonError::into_inner) = Some(signal);
+        self.round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_flight = true;
+        let end = RoundEnd(Arc::clone(self));
         let subsystems = self.subsystems.load_full();
         let round = start_round(&subsystems, runtime().handle());
         let inner = Arc::clone(self);
         runtime().spawn(async move {
-            let _done = done;
             let entry = inner.ready_entry(round.await);
             refresh.finish(entry);
+            drop(end);
         });
-        Ok(())
     }
 
     /// The answer to a readiness request from a round's entry.
@@ -357,7 +376,7 @@ impl Inner {
         {
             return Ok(Some(hit));
         }
-        self.refresh_ready(py)?;
+        self.refresh_ready();
         Ok(match self.ready.lookup() {
             Lookup::Fresh(entry) | Lookup::Stale(entry) => {
                 Some(self.ready_response(py, &entry.value, request))
@@ -425,7 +444,7 @@ impl Core {
             event_loop: Arc::new(ArcSwapOption::empty()),
             running: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            round: Mutex::new(None),
+            round: Mutex::new(RoundState::default()),
             access_log: OnceLock::new(),
             headers: Headers::new(py)?,
             live: fixed(render::live()),
@@ -438,15 +457,14 @@ impl Core {
 
     /// Answers a request from the caches: a `(status, headers, body)` tuple, or `None` when a
     /// readiness answer has nothing servable yet: the caller then awaits `ready_round()` and asks
-    /// `route_latest` with the same arguments. `headers` is anything with a `get(name)` method
-    /// (Granian's RSGI headers, a dict).
+    /// `route_latest` with the same arguments. `scope` is Granian's RSGI scope, or anything with a
+    /// `query_string` (str) and `headers` (with `get(name)`, lower-case names), read only for readiness.
     fn route(
         &self,
         py: Python<'_>,
         method: &str,
         path: &str,
-        query: &str,
-        headers: &Bound<'_, PyAny>,
+        scope: &Bound<'_, PyAny>,
     ) -> PyResult<Option<Py<PyTuple>>> {
         let inner = &self.0;
         let (endpoint, head) = match route(method, path) {
@@ -468,22 +486,30 @@ impl Core {
             Endpoint::Ready => None,
             Endpoint::ReadyOne(name) => Some(name),
         };
-        let request = inner.ready_request(one, head, query, headers)?;
+        let request = inner.ready_request(one, head, scope)?;
         inner.ready_now(py, &request)
     }
 
-    /// The asyncio future of the round in flight (or of the last one, already done), starting a
-    /// round if none has been. Await it through `asyncio.shield`: it is shared by every waiter.
+    /// An asyncio future that resolves when the round in flight ends (at once if none is), starting a
+    /// round if there has never been one. Await it through `asyncio.shield`: it is shared by every
+    /// waiter.
     fn ready_round(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let current = |py| {
-            let round = self.0.round.lock().unwrap_or_else(PoisonError::into_inner);
-            round.as_ref().map(|signal| signal.future.clone_ref(py))
-        };
-        if let Some(future) = current(py) {
-            return Ok(future);
+        let inner = &self.0;
+        if inner.ready.newest().is_none() {
+            inner.refresh_ready();
         }
-        self.0.refresh_ready(py)?;
-        current(py).ok_or_else(|| PyRuntimeError::new_err("no readiness round could be started"))
+        let mut round = inner.round.lock().unwrap_or_else(PoisonError::into_inner);
+        if !round.in_flight {
+            // The round has already ended: its answer is in the cache, and nothing is to be awaited.
+            let done = Waiters::new(py)?.future;
+            done.call_method1(py, "set_result", (py.None(),))?;
+            return Ok(done);
+        }
+        let waiters = match &mut round.waiters {
+            Some(waiters) => waiters,
+            empty @ None => empty.insert(Waiters::new(py)?),
+        };
+        Ok(waiters.future.clone_ref(py))
     }
 
     /// Answers a readiness request from the newest round whatever its age: for requests that have
@@ -493,8 +519,7 @@ impl Core {
         py: Python<'_>,
         method: &str,
         path: &str,
-        query: &str,
-        headers: &Bound<'_, PyAny>,
+        scope: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyTuple>> {
         let (one, head) = match route(method, path) {
             Route::Serve {
@@ -511,7 +536,7 @@ impl Core {
                 ))
             }
         };
-        let request = self.0.ready_request(one, head, query, headers)?;
+        let request = self.0.ready_request(one, head, scope)?;
         if let Some(draining) = self.0.draining_response(py, &request) {
             return Ok(draining);
         }
@@ -539,7 +564,7 @@ impl Core {
         let log = self.0.access_log.get_or_init(|| {
             let log = AccessLog::new(io::stderr());
             // Without the flusher, lines still go out whenever the buffer fills and at shutdown.
-            let _ = AccessLog::spawn_flusher(Arc::downgrade(&log), access_log::FLUSH_EVERY);
+            let _ = AccessLog::spawn_flusher(&log, access_log::FLUSH_EVERY);
             log
         });
         log.record(

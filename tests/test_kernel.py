@@ -11,6 +11,9 @@ import pytest
 
 import phoenix
 from phoenix import Kernel, default_kernel
+from phoenix.app import _ASGIRequest
+
+NO_REQUEST = _ASGIRequest("", {})
 
 
 def check(kernel: Kernel) -> dict[str, Any]:
@@ -53,10 +56,10 @@ def test_sync_and_async_checks_with_float_and_bool_metrics() -> None:
 
 def test_a_cache_hit_returns_the_same_response_objects() -> None:
     core = Kernel(health_ttl_ms=60_000)._core
-    first = core.route("GET", "/health", "", {})
+    first = core.route("GET", "/health", NO_REQUEST)
     assert first is not None
-    assert core.route("GET", "/health", "", {}) is first
-    head = core.route("HEAD", "/health", "", {})
+    assert core.route("GET", "/health", NO_REQUEST) is first
+    head = core.route("HEAD", "/health", NO_REQUEST)
     assert head is not None
     assert head[2] == b""
     assert head[:2] == first[:2]

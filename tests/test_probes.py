@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from phoenix import default_kernel
+from phoenix.app import _ASGIRequest
 
 from .conftest import Server
 
 BEARER = {"Authorization": "Bearer s3cret"}
+
+NO_REQUEST = _ASGIRequest("", {})
 
 
 def write_metric(path: Path, value: float) -> None:
@@ -40,7 +43,7 @@ def test_startup_is_503_until_initialised_then_200_for_good(tmp_path: Path) -> N
     kernel = default_kernel(tmp_path)
 
     def startup() -> tuple[int, bytes]:
-        response = kernel._core.route("GET", "/startup", "", {})
+        response = kernel._core.route("GET", "/startup", NO_REQUEST)
         assert response is not None
         return response[0], response[2]
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from . import _core
 from .log import API_LOGGER
@@ -43,22 +43,18 @@ def _internal_error(core: _core.Core, method: str, path: str) -> _core.Response:
     return core.error_response(500)
 
 
-async def _after_round(
-    core: _core.Core, method: str, path: str, query: str, headers: _core.HeaderLookup
-) -> _core.Response:
+async def _after_round(core: _core.Core, method: str, path: str, scope: _core.Request) -> _core.Response:
     """Waits for the readiness round in flight, then answers from it. Every waiter awaits the same
     future, shielded so that one client going away cannot cancel it for the others."""
     await asyncio.shield(core.ready_round())
-    return core.route_latest(method, path, query, headers)
+    return core.route_latest(method, path, scope)
 
 
-async def _respond(
-    core: _core.Core, method: str, path: str, query: str, headers: _core.HeaderLookup
-) -> _core.Response:
+async def _respond(core: _core.Core, method: str, path: str, scope: _core.Request) -> _core.Response:
     try:
-        response = core.route(method, path, query, headers)
+        response = core.route(method, path, scope)
         if response is None:
-            response = await _after_round(core, method, path, query, headers)
+            response = await _after_round(core, method, path, scope)
         return response
     except Exception:
         return _internal_error(core, method, path)
@@ -77,9 +73,10 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
         method = scope.method
         path = scope.path
         try:
-            response = route(method, path, scope.query_string, scope.headers)
+            # The scope goes to the core whole: only readiness requests read its query and headers.
+            response = route(method, path, scope)
             if response is None:
-                response = await _after_round(core, method, path, scope.query_string, scope.headers)
+                response = await _after_round(core, method, path, scope)
         except Exception:
             response = _internal_error(core, method, path)
         proto.response_bytes(*response)
@@ -92,6 +89,13 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+class _ASGIRequest(NamedTuple):
+    """What the core reads off a readiness request, in the shape of Granian's RSGI scope."""
+
+    query_string: str
+    headers: dict[str, str]
 
 
 class ASGIApp:
@@ -137,9 +141,11 @@ class ASGIApp:
             path = path[len(root) :] or "/"
         started = time.perf_counter()
         method: str = scope["method"]
-        query = scope.get("query_string", b"").decode("latin-1")
-        request_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        status, headers, body = await _respond(self._core, method, path, query, request_headers)
+        request = _ASGIRequest(
+            scope.get("query_string", b"").decode("latin-1"),
+            {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+        )
+        status, headers, body = await _respond(self._core, method, path, request)
         await send(
             {
                 "type": "http.response.start",
