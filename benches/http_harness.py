@@ -638,8 +638,9 @@ def report(
         "Ratios compare servers within this run. CPU columns are % of one core during the rounds: the "
         "server's processes, wrk, and everything else on the machine (other CPU % well above 0 means the "
         f"numbers are disturbed; each round waits, up to {QUIET_TIMEOUT_S:.0f} s, for the machine to be "
-        "idle first). Errors are wrk's socket errors (connect, read, write, timeout) and non-2xx/3xx "
-        "answers, summed over the rounds.",
+        "idle first; at c = 500 about 20-30 % shows for every Granian server alike: the kernel's loopback "
+        "network work (softirq) charged to no process, not a disturbance). Errors are wrk's socket errors "
+        "(connect, read, write, timeout) and non-2xx/3xx answers, summed over the rounds.",
         "",
         "| server | endpoint | connections | req/s | p50 ms | p99 ms | ratio to ceiling | server CPU % "
         "| wrk CPU % | other CPU % | errors |",
