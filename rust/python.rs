@@ -305,6 +305,11 @@ impl Inner {
         let Some(refresh) = self.ready.try_begin_refresh() else {
             return;
         };
+        // The round before may have finished between the caller's look and this claim: then the
+        // entry is fresh again and another round would answer the same burst twice.
+        if self.ready.read_fresh(|_| ()).is_some() {
+            return;
+        }
         self.round
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
