@@ -390,6 +390,49 @@ impl Inner {
         })
     }
 
+    /// See `Core::route`.
+    fn answer(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        method: &str,
+        path: &str,
+        scope: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<PyTuple>>> {
+        let inner = self;
+        let (endpoint, head) = match route(method, path) {
+            Route::Serve { endpoint, head } => (endpoint, head),
+            Route::MethodNotAllowed => return Ok(Some(inner.error(py, 405))),
+            Route::NotFound => return Ok(Some(inner.error(py, 404))),
+        };
+        let one = match endpoint {
+            Endpoint::Health => return Ok(Some(inner.health(py, head))),
+            Endpoint::Live => return Ok(Some(inner.live.response(py, &inner.headers, head))),
+            Endpoint::Startup => {
+                let answer = if inner.is_started() {
+                    &inner.started_up
+                } else {
+                    &inner.starting
+                };
+                return Ok(Some(answer.response(py, &inner.headers, head)));
+            }
+            Endpoint::Ready => None,
+            Endpoint::ReadyOne(name) => Some(name),
+        };
+        let request = inner.ready_request(one, head, scope)?;
+        inner.ready_now(py, &request)
+    }
+
+    /// Appends one line to the request log (see `access_log.rs`).
+    fn log(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+        let log = self.access_log.get_or_init(|| {
+            let log = AccessLog::new(io::stderr());
+            // Without the flusher, lines still go out whenever the buffer fills and at shutdown.
+            let _ = AccessLog::spawn_flusher(&log, access_log::FLUSH_EVERY);
+            log
+        });
+        log.record(method, path, status, elapsed);
+    }
+
     fn error(&self, py: Python<'_>, code: u16) -> Py<PyTuple> {
         let body = Body {
             status: code,
@@ -471,28 +514,25 @@ impl Core {
         path: &str,
         scope: &Bound<'_, PyAny>,
     ) -> PyResult<Option<Py<PyTuple>>> {
-        let inner = &self.0;
-        let (endpoint, head) = match route(method, path) {
-            Route::Serve { endpoint, head } => (endpoint, head),
-            Route::MethodNotAllowed => return Ok(Some(inner.error(py, 405))),
-            Route::NotFound => return Ok(Some(inner.error(py, 404))),
-        };
-        let one = match endpoint {
-            Endpoint::Health => return Ok(Some(inner.health(py, head))),
-            Endpoint::Live => return Ok(Some(inner.live.response(py, &inner.headers, head))),
-            Endpoint::Startup => {
-                let answer = if inner.is_started() {
-                    &inner.started_up
-                } else {
-                    &inner.starting
-                };
-                return Ok(Some(answer.response(py, &inner.headers, head)));
-            }
-            Endpoint::Ready => None,
-            Endpoint::ReadyOne(name) => Some(name),
-        };
-        let request = inner.ready_request(one, head, scope)?;
-        inner.ready_now(py, &request)
+        self.0.answer(py, method, path, scope)
+    }
+
+    /// `route`, plus the request-log line for every answer it gives (the served RSGI path): timing
+    /// and logging here spare the handler two clock reads and a call per request.
+    fn serve(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        path: &str,
+        scope: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<PyTuple>>> {
+        let started = Instant::now();
+        let answer = self.0.answer(py, method, path, scope)?;
+        if let Some(response) = &answer {
+            let status: u16 = response.bind(py).get_item(0)?.extract()?;
+            self.0.log(method, path, status, started.elapsed());
+        }
+        Ok(answer)
     }
 
     /// An asyncio future that resolves when the round in flight ends (at once if none is), starting a
@@ -566,18 +606,8 @@ impl Core {
 
     /// Appends one line to the request log (see `access_log.rs`): the RSGI path's `phoenix.api` log.
     fn log_request(&self, method: &str, path: &str, status: u16, elapsed_s: f64) {
-        let log = self.0.access_log.get_or_init(|| {
-            let log = AccessLog::new(io::stderr());
-            // Without the flusher, lines still go out whenever the buffer fills and at shutdown.
-            let _ = AccessLog::spawn_flusher(&log, access_log::FLUSH_EVERY);
-            log
-        });
-        log.record(
-            method,
-            path,
-            status,
-            Duration::from_secs_f64(elapsed_s.max(0.0)),
-        );
+        let elapsed = Duration::from_secs_f64(elapsed_s.max(0.0));
+        self.0.log(method, path, status, elapsed);
     }
 
     /// Writes out buffered request-log lines now (at worker shutdown).

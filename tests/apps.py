@@ -125,6 +125,8 @@ class _BrokenCore:
     def route(self, *request: object) -> None:
         raise RuntimeError("internal failure with /private/detail")
 
+    serve = route
+
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
 

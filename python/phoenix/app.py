@@ -64,24 +64,30 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
     """The handler Granian calls. Its request log is written by the core (batched, off the GIL): a
     ``logging`` call per request would cost as much as serving it. It still honours the ``phoenix.api``
     logger's level, as it stands when the handler is built."""
-    route = core.route
-    log_request = core.log_request if request_log and _access.isEnabledFor(logging.INFO) else None
+    logged = request_log and _access.isEnabledFor(logging.INFO)
+    # `serve` times and logs, in the core, every answer it gives; only the rare answers given here
+    # (after waiting for a round, or a 500) are logged from Python.
+    route = core.serve if logged else core.route
+    log_request = core.log_request
 
     # `_respond` inlined: an extra coroutine per request is a measurable share of a cache hit.
     async def handle(scope: _RSGIScope, proto: _RSGIProtocol) -> None:
-        started = time.perf_counter() if log_request else 0.0
         method = scope.method
         path = scope.path
         try:
             # The scope goes to the core whole: only readiness requests read its query and headers.
             response = route(method, path, scope)
             if response is None:
+                waited = time.perf_counter()
                 response = await _after_round(core, method, path, scope)
+                if logged:
+                    log_request(method, path, response[0], time.perf_counter() - waited)
         except Exception:
             response = _internal_error(core, method, path)
+            if logged:
+                # The failure's own traceback is logged by `_internal_error`; no latency to report.
+                log_request(method, path, response[0], 0.0)
         proto.response_bytes(*response)
-        if log_request:
-            log_request(method, path, response[0], time.perf_counter() - started)
 
     return handle
 
