@@ -5,11 +5,12 @@
 //! formatted line appended to a buffer under an uncontended lock; a background thread writes the buffer
 //! out every `FLUSH_EVERY` in a single system call, sooner when it fills.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::thread::Thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::render::timestamp;
 
@@ -19,10 +20,46 @@ const FLUSH_AT_BYTES: usize = 64 * 1024;
 /// Past this, lines are dropped (and counted) rather than held: a stuck output must not grow memory.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 
+#[derive(Default)]
+struct Buffer {
+    lines: Vec<u8>,
+    clock: Clock,
+}
+
+/// Formats timestamps like `render::timestamp`, redoing the calendar part only when the second
+/// changes: at tens of thousands of lines a second, that was the largest part of a line's cost.
+#[derive(Default)]
+struct Clock {
+    second: u64,
+    /// `2026-11-27T09:01:44` for `second`.
+    prefix: String,
+    stamp: String,
+}
+
+impl Clock {
+    fn format(&mut self, at: SystemTime) -> &str {
+        let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.prefix.is_empty() || since_epoch.as_secs() != self.second {
+            self.second = since_epoch.as_secs();
+            let whole = UNIX_EPOCH + Duration::from_secs(self.second);
+            self.prefix = humantime::format_rfc3339_seconds(whole).to_string();
+            self.prefix.pop(); // the "Z"
+        }
+        self.stamp.clear();
+        let _ = write!(
+            self.stamp,
+            "{}.{:03}Z",
+            self.prefix,
+            since_epoch.subsec_millis()
+        );
+        &self.stamp
+    }
+}
+
 /// Lines are appended under one lock and written out under another, by the flusher thread alone, so
 /// a request never waits for a write: the hot path holds its lock only to copy one line.
 pub struct AccessLog<W: Write + Send> {
-    buffer: Mutex<Vec<u8>>,
+    buffer: Mutex<Buffer>,
     out: Mutex<W>,
     dropped: AtomicU64,
     flusher: OnceLock<Thread>,
@@ -31,7 +68,7 @@ pub struct AccessLog<W: Write + Send> {
 impl<W: Write + Send + 'static> AccessLog<W> {
     pub fn new(out: W) -> Arc<Self> {
         Arc::new(Self {
-            buffer: Mutex::new(Vec::with_capacity(FLUSH_AT_BYTES)),
+            buffer: Mutex::new(Buffer::default()),
             out: Mutex::new(out),
             dropped: AtomicU64::new(0),
             flusher: OnceLock::new(),
@@ -41,19 +78,27 @@ impl<W: Write + Send + 'static> AccessLog<W> {
     /// Appends one line in the format of Phoenix's Python log handler, so both read alike:
     /// `2026-11-27T09:01:44.503Z INFO phoenix.api: GET /health 200 0.131ms`.
     pub fn record(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+        let now = SystemTime::now();
         let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-        if buffer.len() >= MAX_BUFFERED_BYTES {
+        if buffer.lines.len() >= MAX_BUFFERED_BYTES {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let _ = writeln!(
-            buffer,
-            "{} INFO phoenix.api: {method} {} {status} {:.3}ms",
-            timestamp(SystemTime::now()),
-            path.escape_debug(),
-            elapsed.as_secs_f64() * 1000.0
-        );
-        if buffer.len() >= FLUSH_AT_BYTES {
+        let Buffer { lines, clock } = &mut *buffer;
+        lines.extend_from_slice(clock.format(now).as_bytes());
+        lines.extend_from_slice(b" INFO phoenix.api: ");
+        lines.extend_from_slice(method.as_bytes());
+        lines.push(b' ');
+        // Paths are printable ASCII nearly always; anything else is escaped so it cannot forge lines.
+        if path.bytes().all(|b| b.is_ascii_graphic()) {
+            lines.extend_from_slice(path.as_bytes());
+        } else {
+            let _ = write!(lines, "{}", path.escape_debug());
+        }
+        // Integer arithmetic: float formatting costs more than the rest of the line.
+        let micros = elapsed.as_micros();
+        let _ = writeln!(lines, " {status} {}.{:03}ms", micros / 1000, micros % 1000);
+        if lines.len() >= FLUSH_AT_BYTES {
             if let Some(flusher) = self.flusher.get() {
                 flusher.unpark();
             }
@@ -64,7 +109,7 @@ impl<W: Write + Send + 'static> AccessLog<W> {
     pub fn flush(&self) -> io::Result<()> {
         let pending = {
             let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-            std::mem::replace(&mut *buffer, Vec::with_capacity(FLUSH_AT_BYTES))
+            std::mem::replace(&mut buffer.lines, Vec::with_capacity(FLUSH_AT_BYTES))
         };
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
@@ -122,6 +167,33 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
+    }
+
+    #[test]
+    fn cached_clock_formats_like_the_renderer() {
+        let mut clock = Clock::default();
+        for millis in [
+            0,
+            1_700_000_000_123,
+            1_700_000_000_999,
+            1_700_000_001_000,
+            1_700_000_061_005,
+        ] {
+            let at = UNIX_EPOCH + Duration::from_millis(millis);
+            assert_eq!(clock.format(at), timestamp(at));
+        }
+    }
+
+    #[test]
+    fn latency_is_printed_in_milliseconds_with_three_decimals() {
+        let sink = Sink::default();
+        let log = AccessLog::new(sink.clone());
+        log.record("GET", "/a", 200, Duration::from_micros(5));
+        log.record("GET", "/b", 200, Duration::from_micros(12_345));
+        log.flush().unwrap();
+        let text = sink.text();
+        assert!(text.contains("GET /a 200 0.005ms\n"), "{text}");
+        assert!(text.contains("GET /b 200 12.345ms\n"), "{text}");
     }
 
     #[test]
