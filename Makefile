@@ -38,14 +38,14 @@ lint: deps
 	cargo fmt --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo clippy -q --features python -- -D warnings
-	ruff check
-	ruff format --check
+	ruff check python tests benches
+	ruff format --check python tests benches
 	mypy
 
 fmt: deps
 	cargo fmt
-	ruff format
-	ruff check --fix
+	ruff format python tests benches
+	ruff check --fix python tests benches
 
 wheel: deps
 	maturin build --release -o $(DIST)
