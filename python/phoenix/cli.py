@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -96,7 +97,7 @@ def warn_if_details_public(kernel: Kernel, host: str) -> None:
 
 
 def _draining_server(drain_s: float) -> type[Any]:
-    """Granian's server, with a drain phase on SIGTERM/SIGINT: the workers are told to answer
+    """Granian's server, with a drain phase on SIGTERM: the workers are told to answer
     ``/ready`` with 503 at once (``DRAIN_SIGNAL``), keep serving for ``drain_s``, and only then does
     Granian's own graceful shutdown begin. A second signal shuts down at once."""
     # Process workers explicitly: the drain signal goes to worker PIDs (Granian picks threads on
@@ -107,7 +108,10 @@ def _draining_server(drain_s: float) -> type[Any]:
         _draining = False
 
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
-            if self._draining or drain_s <= 0:
+            # Only SIGTERM (an orchestrator's stop) drains. SIGINT is a person at a terminal: Ctrl-C
+            # reaches the workers too, which stop at once, so draining would only delay the exit.
+            terminated = bool(args) and args[0] == signal.SIGTERM
+            if self._draining or drain_s <= 0 or not terminated:
                 super().signal_handler_interrupt(*args, **kwargs)  # type: ignore[no-untyped-call]
                 return
             self._draining = True
