@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import time
@@ -209,3 +210,12 @@ def test_sigterm_drains_ready_at_once_while_serving_then_exits_0(serve: Any) -> 
     assert server.proc.poll() is None, "still serving during the drain"
     assert server.proc.wait(15) == 0
     assert time.monotonic() - signalled >= 1.5
+
+
+def test_ctrl_c_to_the_process_group_stops_at_once_with_status_0(serve: Any) -> None:
+    server: Server = serve("--app", "tests.apps:empty", env={"PHOENIX_SHUTDOWN_DRAIN_MS": "5000"})
+    signalled = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - signalled < 5, "SIGINT does not wait for the drain"
+    assert "Unexpected exit" not in server.logs()
