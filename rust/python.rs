@@ -115,7 +115,8 @@ enum Details {
 /// One round's report with its two common answers rendered up front: the hot path serves them as is.
 struct ReadyEntry {
     report: Report,
-    public: Rendered,
+    /// The status-only answer, for callers not shown details (`None` when everyone is).
+    public: Option<Rendered>,
     full: Rendered,
 }
 
@@ -288,9 +289,10 @@ impl Inner {
 
     fn ready_entry(&self, report: Report) -> ReadyEntry {
         let full = Rendered::new(render::ready(&report, &View::FULL_JSON));
+        // With details always shown, every caller gets `full`; nothing else to render.
         let public = match self.details {
-            Details::Always => Rendered::new(full.body.clone()),
-            _ => Rendered::new(render::ready(&report, &View::PUBLIC_JSON)),
+            Details::Always => None,
+            _ => Some(Rendered::new(render::ready(&report, &View::PUBLIC_JSON))),
         };
         ReadyEntry {
             report,
@@ -339,10 +341,9 @@ impl Inner {
         };
         let rendered = match &request.one {
             None if view.format == Format::Json && view.exclude.is_empty() => {
-                let common = if view.details {
-                    &entry.full
-                } else {
-                    &entry.public
+                let common = match (&entry.public, view.details) {
+                    (Some(public), false) => public,
+                    _ => &entry.full,
                 };
                 return common.response(py, &self.headers, request.head);
             }
