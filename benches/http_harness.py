@@ -827,14 +827,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C does, through the finally blocks that stop the servers.
+def prepare_load_run(connections: int) -> str:
+    """What every load script needs first: SIGTERM unwinding like Ctrl-C (through the finally blocks
+    that stop servers and wrk), two pinnable cores, wrk, and enough file descriptors for
+    ``connections``. Returns the open-files limit for the report."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset"):
         sys.exit("needs taskset and at least 2 usable cores (server on core 0, wrk on core 1)")
     ensure_wrk()
-    nofile = raise_nofile(max(args.connections))
+    return raise_nofile(connections)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nofile = prepare_load_run(max(args.connections))
     with_fastapi = ensure_fastapi()
     with_chart = ensure_matplotlib()
     started = dt.datetime.now()

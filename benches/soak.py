@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,10 +34,9 @@ from http_harness import (
     ServerSpec,
     children_cpu_seconds,
     cpu_seconds,
-    ensure_wrk,
     machine,
     machine_busy_seconds,
-    raise_nofile,
+    prepare_load_run,
     rss_kb,
     running,
     wait_quiet,
@@ -334,12 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C does, through the finally blocks that stop the server and wrk.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset"):
-        sys.exit("needs taskset and at least 2 usable cores (server on core 0, wrk on core 1)")
-    ensure_wrk()
-    nofile = raise_nofile(CONNECTIONS_PER_PATH * len(PATHS))
+    nofile = prepare_load_run(CONNECTIONS_PER_PATH * len(PATHS))
     from phoenix.config import Settings  # the request log Phoenix ships with
 
     args.request_log_on = (
