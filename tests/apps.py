@@ -10,6 +10,7 @@ import asyncio
 import os
 import threading
 import time
+from typing import Any
 
 from phoenix import Kernel
 
@@ -116,26 +117,27 @@ def slow_ready() -> Kernel:
     return kernel
 
 
-class _BrokenCore:
-    """The real core, except that answering a request fails: exercises the 500 path."""
+class _BrokenScope:
+    """Granian's scope, except that reading a readiness request's query fails: exercises the 500 path."""
 
-    def __init__(self, real: object) -> None:
+    def __init__(self, real: Any) -> None:
         self._real = real
 
-    def route(self, *request: object) -> None:
+    @property
+    def query_string(self) -> str:
         raise RuntimeError("internal failure with /private/detail")
-
-    serve = route
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
 
 
 class _BrokenKernel(Kernel):
-    def __init__(self) -> None:
-        super().__init__()
-        self._core = _BrokenCore(self._core)  # type: ignore[assignment]
-        self.request_log = True
+    # Wraps the handler wherever it is (re)built: `phoenix serve` sets the request log in the worker.
+    @Kernel.request_log.setter  # type: ignore[attr-defined, untyped-decorator]
+    def request_log(self, enabled: bool) -> None:
+        Kernel.request_log.fset(self, enabled)  # type: ignore[attr-defined]
+        handler = self.__rsgi__
+        self.__rsgi__ = lambda scope, proto: handler(_BrokenScope(scope), proto)
 
 
 def broken() -> Kernel:
