@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,12 @@ STOP_TIMEOUT_S = 10.0
 QUIET_PCT = 15.0  # the machine counts as quiet below this much busy CPU, in % of one core
 QUIET_TIMEOUT_S = 60.0
 CEILING = "ceiling (granian rsgi)"
+# A second, identical ceiling: head to head against the first it shows the method's own error.
+CEILING_TWIN = "ceiling, second instance"
+PHOENIX_ON = "phoenix (request log on)"
+PHOENIX_OFF = "phoenix (request log off)"
+FASTAPI_ON = "fastapi+uvicorn (access log on)"
+FASTAPI_OFF = "fastapi+uvicorn (access log off)"
 FASTAPI_PACKAGES = ["fastapi", "uvicorn", "httptools"]
 CHART_PACKAGES = ["matplotlib"]
 # Open files wanted for the harness and the servers and wrk it starts (they inherit the limit): at
@@ -79,17 +86,18 @@ def run_text(argv: list[str], timeout: float = 30.0) -> str:
 # --- tools -----------------------------------------------------------------------------------------
 
 
-def ensure_wrk() -> None:
-    if shutil.which("wrk"):
+def ensure_apt(command: str, package: str) -> None:
+    """``command`` on PATH, installing Debian's ``package`` for it if missing."""
+    if shutil.which(command):
         return
     if os.geteuid() != 0:
-        sys.exit("wrk is missing; install it (apt-get install -y wrk) or run as root")
-    log("wrk is missing: apt-get install -y wrk")
+        sys.exit(f"{command} is missing; install it (apt-get install -y {package}) or run as root")
+    log(f"{command} is missing: apt-get install -y {package}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "wrk"]):
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", package]):
         subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=600, check=True)
-    if not shutil.which("wrk"):
-        sys.exit("apt-get install wrk did not provide a wrk binary")
+    if not shutil.which(command):
+        sys.exit(f"apt-get install {package} did not provide {command}")
 
 
 def ensure_packages(packages: list[str], purpose: str) -> bool:
@@ -288,9 +296,9 @@ class Server:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.spec.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
 
-    def wait_ready(self) -> dict[str, int]:
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, int]:
         """Polls the port, then each endpoint until it answers 200; returns each endpoint's body size."""
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while True:
             self.check_alive()
             try:
@@ -421,6 +429,54 @@ def summarize(server: str, endpoint: str, connections: int, rounds: list[dict[st
     return result
 
 
+@dataclass
+class HeadToHead:
+    """Rounds in which ``server`` (at ``endpoint``) and the ceiling (at /health) were loaded at once,
+    sharing the server core: their req/s ratio per round, and the same per CPU-second of each server."""
+
+    server: str
+    endpoint: str
+    connections: int
+    ratios: list[float]
+    cpu_ratios: list[float]
+    rounds: list[dict[str, Any]]
+
+    @property
+    def ratio(self) -> float:
+        return float(statistics.median(self.ratios))
+
+    @property
+    def cpu_ratio(self) -> float:
+        return float(statistics.median(self.cpu_ratios))
+
+
+def requests_per_cpu_second(run: dict[str, Any]) -> float:
+    cpu_s = run["server_cpu_pct"] / 100 * run["duration_us"] / 1e6
+    return float(run["requests"] / cpu_s) if cpu_s else 0.0
+
+
+def load_together(loads: list[tuple[Server, str]], connections: int, seconds: int) -> list[dict[str, Any]]:
+    """One wrk per (server, endpoint), all started together (every wrk on WRK_CPU, every server on
+    SERVER_CPU). Their wrk and other-CPU columns are shared and mean nothing here."""
+    runs: list[dict[str, Any] | BaseException] = [RuntimeError("not run")] * len(loads)
+
+    def load(i: int, server: Server, endpoint: str) -> None:
+        try:
+            runs[i] = wrk(server.url(endpoint), connections, seconds, server)
+        except BaseException as exc:  # re-raised below, in the harness's thread
+            runs[i] = exc
+
+    threads = [threading.Thread(target=load, args=(i, *pair)) for i, pair in enumerate(loads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for run in runs:
+        if isinstance(run, BaseException):
+            raise run
+    return runs  # type: ignore[return-value]
+
+
 # --- servers ---------------------------------------------------------------------------------------
 
 
@@ -430,14 +486,8 @@ def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
     log_level = Settings().log_level
     python = sys.executable
     phoenix = [str(Path(python).parent / "phoenix"), "serve"]
-    specs = [
-        ServerSpec(
-            CEILING,
-            [python, str(BENCHES / "ceiling_app.py"), "--log-level", log_level, "--port", "{port}"],
-            ["/health"],
-            cwd=BENCHES,
-        )
-    ]
+    ceiling = [python, str(BENCHES / "ceiling_app.py"), "--log-level", log_level, "--port", "{port}"]
+    specs = [ServerSpec(name, ceiling, ["/health"], cwd=BENCHES) for name in (CEILING, CEILING_TWIN)]
     for log_on in (True, False):
         specs.append(
             ServerSpec(
@@ -460,10 +510,11 @@ def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
 
 def bench(
     specs: list[ServerSpec], workdir: Path, args: argparse.Namespace
-) -> tuple[list[Result], dict[str, Any]]:
+) -> tuple[list[Result], list[HeadToHead], dict[str, Any]]:
     """Starts every server (idle ones cost core 0 nothing), then measures them in turns: per connection
     count, each target's warm-up, then round 1 of every target, round 2 of every target, ... so that a
-    disturbance on the shared machine spreads over all targets instead of falling on one."""
+    disturbance on the shared machine spreads over all targets instead of falling on one. Then the
+    head-to-head rounds (see `head_to_head`)."""
     with contextlib.ExitStack() as stack:
         servers = []
         info: dict[str, Any] = {}
@@ -478,6 +529,7 @@ def bench(
             info[server.spec.name]["rss_kb_after_connections"] = {}
         targets = [(server, endpoint) for server in servers for endpoint in server.spec.endpoints]
         results = []
+        duels: list[HeadToHead] = []
         for connections in args.connections:
             rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for server, endpoint in targets:
@@ -493,24 +545,73 @@ def bench(
                     rounds[server.spec.name, endpoint].append(run)
             for (name, endpoint), runs in rounds.items():
                 results.append(summarize(name, endpoint, connections, runs))
+            duels += head_to_head(servers, connections, args)
             for server in servers:
                 info[server.spec.name]["rss_kb_after_connections"][str(connections)] = server.rss_kb()
         for server in servers:
             info[server.spec.name]["rss_kb_after"] = server.rss_kb()
             info[server.spec.name]["worker_pids"] = server.workers()
-        return results, info
+        return results, duels, info
+
+
+# Loaded head to head with the ceiling's /health; the ceiling's twin first, for the method's own error.
+CHALLENGERS = [
+    (CEILING_TWIN, "/health"),
+    (PHOENIX_ON, "/health"),
+    (PHOENIX_ON, "/ready"),
+    (PHOENIX_OFF, "/health"),
+    (PHOENIX_OFF, "/ready"),
+]
+
+
+def head_to_head(servers: list[Server], connections: int, args: argparse.Namespace) -> list[HeadToHead]:
+    """Each challenger and the ceiling loaded at the same time, sharing the server core, for
+    ``--h2h-rounds`` rounds (challengers in turns, rotated per round). Whatever slows the shared machine
+    down during a round slows both alike, so the ratio of their req/s holds still where sequential
+    rounds swing by ±10 %: with both CPU-bound, it is the ratio of their costs per request."""
+    by_name = {server.spec.name: server for server in servers}
+    ceiling = by_name[CEILING]
+    present = [(name, endpoint) for name, endpoint in CHALLENGERS if name in by_name]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {pair: [] for pair in present}
+    for n in range(args.h2h_rounds):
+        log(f"c={connections}: head to head, round {n + 1} of {args.h2h_rounds}")
+        shift = n % len(present)
+        for name, endpoint in present[shift:] + present[:shift]:
+            wait_quiet()
+            challenger, against = load_together(
+                [(by_name[name], endpoint), (ceiling, "/health")], connections, args.duration
+            )
+            runs[name, endpoint].append({"challenger": challenger, "ceiling": against})
+    duels = []
+    for (name, endpoint), pairs in runs.items():
+        if not pairs:
+            continue
+        duel = HeadToHead(
+            server=name,
+            endpoint=endpoint,
+            connections=connections,
+            ratios=[p["challenger"]["rps"] / p["ceiling"]["rps"] for p in pairs],
+            cpu_ratios=[
+                requests_per_cpu_second(p["challenger"]) / requests_per_cpu_second(p["ceiling"])
+                for p in pairs
+            ],
+            rounds=pairs,
+        )
+        log(
+            f"{name} {endpoint} c={connections} head to head: {duel.ratio:.3f}x the ceiling "
+            f"(rounds {min(duel.ratios):.3f}-{max(duel.ratios):.3f})"
+        )
+        duels.append(duel)
+    return duels
 
 
 # --- report ----------------------------------------------------------------------------------------
 
 
-PHOENIX_ON = "phoenix (request log on)"
-PHOENIX_OFF = "phoenix (request log off)"
-FASTAPI_ON = "fastapi+uvicorn (access log on)"
-FASTAPI_OFF = "fastapi+uvicorn (access log off)"
 # Chart colours: the ceiling grey, Phoenix blues (log on) and greens (log off), FastAPI oranges.
 COLOURS = {
     (CEILING, "/health"): "#7f7f7f",
+    (CEILING_TWIN, "/health"): "#b5b5b5",
     (PHOENIX_ON, "/health"): "#1f4e9c",
     (PHOENIX_ON, "/ready"): "#6f9fe0",
     (PHOENIX_OFF, "/health"): "#1b7a3a",
@@ -548,9 +649,14 @@ def latest_soak(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def evaluate_targets(results: list[Result], args: argparse.Namespace) -> list[TargetCheck]:
-    """The issue's targets, from this run's medians; the soak target from the newest soak report."""
+def evaluate_targets(
+    results: list[Result], duels: list[HeadToHead], args: argparse.Namespace
+) -> list[TargetCheck]:
+    """The issue's targets, from this run's medians; the soak target from the newest soak report. The
+    throughput ratios against the ceiling come from the head-to-head rounds when there are any: in
+    sequential rounds the machine's own drift is as large as the differences being judged."""
     by_key = {(r.server, r.endpoint, r.connections): r for r in results}
+    duel_of = {(d.server, d.endpoint, d.connections): d for d in duels}
 
     def check(
         a: tuple[str, str, int], b: tuple[str, str, int], attr: str, bound: float, at_least: bool
@@ -563,12 +669,38 @@ def evaluate_targets(results: list[Result], args: argparse.Namespace) -> list[Ta
         shown = f"{va:,.0f} ÷ {vb:,.0f} req/s" if attr == "rps" else f"{va:.3f} ÷ {vb:.3f} ms"
         return f"{value:.2f}x ({shown})", value >= bound if at_least else value <= bound
 
+    def duel_check(
+        key: tuple[str, str, int], per: tuple[str, str, int] | None = None
+    ) -> tuple[str, bool | None]:
+        """``key``'s head-to-head ratio to the ceiling (divided by ``per``'s, if given)."""
+        duel, base = duel_of.get(key), duel_of.get(per) if per else None
+        if duel is None or (per and base is None):
+            return "-", None
+        if base is None:
+            twin = duel_of.get((CEILING_TWIN, "/health", key[2]))
+            twin_text = f"; twin ceiling {twin.ratio:.3f}x" if twin else ""
+            shown = f"rounds {min(duel.ratios):.3f}-{max(duel.ratios):.3f}{twin_text}"
+            return f"{duel.ratio:.3f}x head to head ({shown})", duel.ratio >= TARGET_CEILING_RATIO
+        value = duel.ratio / base.ratio
+        shown = f"{duel.ratio:.3f} ÷ {base.ratio:.3f} of the ceiling"
+        return f"{value:.2f}x head to head ({shown})", value >= TARGET_READY_RATIO
+
     checks = []
 
     def add(target: str, c: int, shipped: tuple[Any, ...], log_off: tuple[Any, ...]) -> None:
         checks.append(TargetCheck(target, c, *check(*shipped), *check(*log_off)))
 
     for c in args.connections:
+        if (PHOENIX_ON, "/health", c) in duel_of:
+            checks.append(
+                TargetCheck(
+                    f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
+                    c,
+                    *duel_check((PHOENIX_ON, "/health", c)),
+                    *duel_check((PHOENIX_OFF, "/health", c)),
+                )
+            )
+            continue
         add(
             f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
             c,
@@ -590,6 +722,16 @@ def evaluate_targets(results: list[Result], args: argparse.Namespace) -> list[Ta
         ((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
     )
     for c in args.connections:
+        if (PHOENIX_ON, "/ready", c) in duel_of:
+            checks.append(
+                TargetCheck(
+                    f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
+                    c,
+                    *duel_check((PHOENIX_ON, "/ready", c), (PHOENIX_ON, "/health", c)),
+                    *duel_check((PHOENIX_OFF, "/ready", c), (PHOENIX_OFF, "/health", c)),
+                )
+            )
+            continue
         add(
             f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
             c,
@@ -616,6 +758,7 @@ def evaluate_targets(results: list[Result], args: argparse.Namespace) -> list[Ta
 
 def report(
     results: list[Result],
+    duels: list[HeadToHead],
     servers: dict[str, Any],
     env: dict[str, str],
     args: argparse.Namespace,
@@ -655,11 +798,36 @@ def report(
     if chart_name:
         lines += ["", f"![req/s and p99 per server and connection count]({chart_name})"]
 
-    checks = evaluate_targets(results, args)
+    if duels:
+        lines += ["", "## Head to head with the ceiling", ""]
+        lines += [
+            "Each server below and the ceiling loaded at the same time, both servers sharing core "
+            f"{SERVER_CPU} and both wrk on core {WRK_CPU}, {args.h2h_rounds} rounds of {args.duration} s "
+            "per connection count, in turns. Whatever slows the shared machine during a round slows both "
+            "alike, so their ratio holds still where the sequential rounds above swing by ±10 %; with both "
+            "servers CPU-bound, each gets half the core and the req/s ratio is the ratio of their costs per "
+            "request. The ceiling's twin (a second, identical ceiling) shows the method's own error. "
+            "Per CPU-second: the same ratio from requests per second of each server's own CPU time.",
+            "",
+            "| server | endpoint | connections | ÷ ceiling (median) | rounds (min-max) | per CPU-second "
+            "| req/s | ceiling req/s |",
+            "|---|---|---:|---:|---|---:|---:|---:|",
+        ]
+        for d in duels:
+            rps_each = statistics.median(r["challenger"]["rps"] for r in d.rounds)
+            ceiling_each = statistics.median(r["ceiling"]["rps"] for r in d.rounds)
+            lines.append(
+                f"| {d.server} | {d.endpoint} | {d.connections} | {d.ratio:.3f} "
+                f"| {min(d.ratios):.3f}-{max(d.ratios):.3f} | {d.cpu_ratio:.3f} | {rps_each:,.0f} "
+                f"| {ceiling_each:,.0f} |"
+            )
+
+    checks = evaluate_targets(results, duels, args)
     lines += ["", "## Targets", ""]
     lines += [
         "Phoenix as shipped (request log on) against FastAPI + uvicorn as shipped (access log on) and the "
-        "ceiling; the last two columns are the same with both logs off. Ratios are of the medians above.",
+        "ceiling; the last two columns are the same with both logs off. Ratios to the ceiling, and /ready "
+        "to /health, are head to head when those rounds ran; the rest are of the medians above.",
         "",
         "| target | connections | as shipped | result | logs off | result |",
         "|---|---:|---|---|---|---|",
@@ -820,10 +988,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 50, 500],
         help="comma-separated wrk connection counts (default 1,50,500)",
     )
+    parser.add_argument(
+        "--h2h-rounds",
+        type=int,
+        default=5,
+        help="head-to-head rounds per connection count against the ceiling (default 5; 0: none)",
+    )
     parser.add_argument("--out", type=Path, default=BENCHES / "results", help="report directory")
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.rounds < 1 or min(args.connections) < 1:
-        parser.error("--duration, --rounds and --connections must be positive")
+    if args.duration < 1 or args.rounds < 1 or min(args.connections) < 1 or args.h2h_rounds < 0:
+        parser.error("--duration, --rounds and --connections must be positive, --h2h-rounds not negative")
     return args
 
 
@@ -834,7 +1008,7 @@ def prepare_load_run(connections: int) -> str:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset"):
         sys.exit("needs taskset and at least 2 usable cores (server on core 0, wrk on core 1)")
-    ensure_wrk()
+    ensure_apt("wrk", "wrk")
     return raise_nofile(connections)
 
 
@@ -851,13 +1025,13 @@ def main(argv: list[str] | None = None) -> int:
         "nofile": nofile,
     }
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-http-") as tmp:
-        results, servers = bench(server_specs(Path(tmp), with_fastapi), Path(tmp), args)
+        results, duels, servers = bench(server_specs(Path(tmp), with_fastapi), Path(tmp), args)
     env["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"http-{started.strftime('%Y-%m-%d-%H%M%S')}"
     png = stem.with_suffix(".png")
     chart_name = png.name if with_chart and chart(results, env, args, png) else None
-    markdown = report(results, servers, env, args, chart_name)
+    markdown = report(results, duels, servers, env, args, chart_name)
     print(markdown)
     stem.with_suffix(".md").write_text(markdown)
     raw = {
@@ -865,6 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args) | {"out": str(args.out)},
         "servers": servers,
         "results": [asdict(r) for r in results],
+        "head_to_head": [asdict(d) | {"ratio": d.ratio, "cpu_ratio": d.cpu_ratio} for d in duels],
     }
     stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
     log(f"wrote {stem}.md, {stem}.json" + (f" and {png}" if chart_name else ""))
