@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 DATA_DIR ?= phoenix-data
 DIST ?= dist
 
-.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean bench-http bench-soak
+.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean bench-http bench-soak bench-instructions
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -71,3 +71,8 @@ bench-http: develop
 MINUTES ?= 5
 bench-soak: develop
 	python benches/soak.py --minutes $(MINUTES)
+
+# Instructions per request under callgrind (valgrind, installed if missing): Phoenix beside the ceiling,
+# repeatable where wall-clock ratios on a shared machine are not. e.g. make bench-instructions BENCH_ARGS="--seconds 5"
+bench-instructions: develop
+	python benches/instructions.py $(BENCH_ARGS)

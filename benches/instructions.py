@@ -43,7 +43,9 @@ from http_harness import (
 WARMUP_S = 5
 # Under valgrind a server starts tens of times slower.
 START_TIMEOUT_S = 300.0
-TARGETS = [(CEILING, "/health"), (PHOENIX_ON, "/health"), (PHOENIX_ON, "/ready"), (PHOENIX_OFF, "/health")]
+# /health only: a /ready request also carries its share of the check rounds (one per 100 ms TTL), which
+# valgrind's slow-down spreads over some fifty times fewer requests than at full speed.
+TARGETS = [(CEILING, "/health"), (PHOENIX_ON, "/health"), (PHOENIX_OFF, "/health")]
 
 
 @dataclass

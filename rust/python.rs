@@ -1055,114 +1055,6 @@ impl WorldModel {
     }
 }
 
-/// Granian's RSGI callable (`Kernel.__rsgi__` is its `call` method). A request the caches can answer
-/// is answered inside the call, with no coroutine and no Python frame: the handler's frame alone cost
-/// more than the rest of a cached answer. Everything else (waiting for a round, turning a failure into
-/// a logged 500) goes to `slow_path`, an `async def (scope, proto)` from `phoenix.app`, which routes the
-/// request again itself.
-#[pyclass(frozen, module = "phoenix._core")]
-struct RsgiHandler {
-    inner: Arc<Inner>,
-    slow_path: Py<PyAny>,
-    /// Whether answers given here get a request-log line (the slow path logs its own).
-    logged: bool,
-    answered: Py<Answered>,
-}
-
-#[pymethods]
-impl RsgiHandler {
-    #[new]
-    fn new(py: Python<'_>, core: &Core, slow_path: Py<PyAny>, logged: bool) -> PyResult<Self> {
-        Ok(Self {
-            inner: Arc::clone(&core.0),
-            slow_path,
-            logged,
-            answered: Py::new(py, Answered)?,
-        })
-    }
-
-    /// Returns an awaitable, as RSGI requires: a finished one when the answer was sent here.
-    fn call(
-        &self,
-        py: Python<'_>,
-        scope: &Bound<'_, PyAny>,
-        proto: &Bound<'_, PyAny>,
-    ) -> PyResult<Py<PyAny>> {
-        match self.answer_here(py, scope, proto) {
-            Ok(true) => Ok(self.answered.clone_ref(py).into_any()),
-            // Nothing servable yet, or a failure: the slow path waits for the round, or logs the
-            // failure and answers a JSON 500.
-            Ok(false) | Err(_) => self.slow_path.call1(py, (scope, proto)),
-        }
-    }
-}
-
-impl RsgiHandler {
-    /// Sends the cached answer to the request, if there is one; fails before sending or not at all.
-    fn answer_here(
-        &self,
-        py: Python<'_>,
-        scope: &Bound<'_, PyAny>,
-        proto: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        let started = self.logged.then(Instant::now);
-        let method = scope.getattr(intern!(py, "method"))?;
-        let path = scope.getattr(intern!(py, "path"))?;
-        let (method, path) = (
-            method.cast::<PyString>()?.to_str()?,
-            path.cast::<PyString>()?.to_str()?,
-        );
-        let Some(response) = self.inner.answer(py, method, path, scope)? else {
-            return Ok(false);
-        };
-        let response = response.into_bound(py);
-        let status: u16 = response.get_borrowed_item(0)?.extract()?;
-        send_bytes(&response, proto)?;
-        if let Some(started) = started {
-            self.inner.log(method, path, status, started.elapsed());
-        }
-        Ok(true)
-    }
-}
-
-/// `proto.response_bytes(status, headers, body)` from a cached response tuple. Through
-/// `PyObject_CallMethodObjArgs` because, in the stable ABI before 3.12, it is the one call that neither
-/// builds a bound method nor an argument tuple.
-fn send_bytes(response: &Bound<'_, PyTuple>, proto: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = proto.py();
-    let [status, headers, body] = [0, 1, 2].map(|i| response.get_borrowed_item(i));
-    let (status, headers, body) = (status?, headers?, body?);
-    // SAFETY: every pointer is a live object borrowed for the call, and the argument list ends with
-    // the NULL that the variadic function requires. The result is an owned reference or NULL.
-    unsafe {
-        let result = pyo3::ffi::PyObject_CallMethodObjArgs(
-            proto.as_ptr(),
-            intern!(py, "response_bytes").as_ptr(),
-            status.as_ptr(),
-            headers.as_ptr(),
-            body.as_ptr(),
-            std::ptr::null_mut::<pyo3::ffi::PyObject>(),
-        );
-        Bound::from_owned_ptr_or_err(py, result).map(drop)
-    }
-}
-
-/// An awaitable that is already finished: awaiting it returns `None` at once. One is shared by every
-/// answer `RsgiHandler` sends itself.
-#[pyclass(frozen, module = "phoenix._core")]
-struct Answered;
-
-#[pymethods]
-impl Answered {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&self) -> Option<()> {
-        None
-    }
-}
-
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -1179,7 +1071,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_async_runtimes::tokio::init(builder);
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
-    m.add_class::<RsgiHandler>()?;
     m.add_class::<PlasticLtm>()?;
     m.add_class::<TriuneConscience>()?;
     m.add_class::<WorldModel>()?;

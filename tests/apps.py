@@ -10,7 +10,6 @@ import asyncio
 import os
 import threading
 import time
-from typing import Any
 
 from phoenix import Kernel
 
@@ -117,27 +116,26 @@ def slow_ready() -> Kernel:
     return kernel
 
 
-class _BrokenScope:
-    """Granian's scope, except that reading a readiness request's query fails: exercises the 500 path."""
+class _BrokenCore:
+    """The real core, except that answering a request fails: exercises the 500 path."""
 
-    def __init__(self, real: Any) -> None:
+    def __init__(self, real: object) -> None:
         self._real = real
 
-    @property
-    def query_string(self) -> str:
+    def route(self, *request: object) -> None:
         raise RuntimeError("internal failure with /private/detail")
+
+    serve = route
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
 
 
 class _BrokenKernel(Kernel):
-    # Wraps the handler wherever it is (re)built: `phoenix serve` sets the request log in the worker.
-    @Kernel.request_log.setter  # type: ignore[attr-defined, untyped-decorator]
-    def request_log(self, enabled: bool) -> None:
-        Kernel.request_log.fset(self, enabled)  # type: ignore[attr-defined]
-        handler = self.__rsgi__
-        self.__rsgi__ = lambda scope, proto: handler(_BrokenScope(scope), proto)
+    def __init__(self) -> None:
+        super().__init__()
+        self._core = _BrokenCore(self._core)  # type: ignore[assignment]
+        self.request_log = True
 
 
 def broken() -> Kernel:

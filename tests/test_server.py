@@ -136,7 +136,7 @@ def test_head_gets_the_status_without_a_body(serve: Any) -> None:
 def test_internal_error_is_a_json_500_without_traceback(serve: Any) -> None:
     server = serve("--app", "tests.apps:broken", wait=False)
     wait_until_serving(server, any_status=True)
-    response = server.request("/ready")
+    response = server.request("/health")
     assert_json_error(response, 500, "Internal Server Error")
     assert b"Traceback" not in response.body
     assert b"/private/detail" not in response.body
