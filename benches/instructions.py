@@ -1,16 +1,19 @@
 """Instructions per request: Phoenix beside the bare Granian ceiling, counted by callgrind.
 
-    python benches/instructions.py [--seconds 10] [--connections 10] [--out benches/results]
+    python benches/instructions.py [--seconds 10] [--connections 10] [--out benches/results] \
+        [--profiles DIR]
 
-Wall-clock ratios on a shared two-core machine swing by ±10 % between runs of the same code; the number
-of instructions a server executes per request does not (valgrind counts them, whatever else the machine
-is doing). Each server runs under ``valgrind --tool=callgrind --trace-children=yes`` with the settings of
+Wall-clock ratios from sequential runs on a shared two-core machine swing by ±10 % between runs of the same
+code; the number of instructions a server executes per request barely moves (valgrind counts them, whatever
+else the machine is doing; about ±2 % between runs, as requests batch differently per wake-up). Each
+server runs under ``valgrind --tool=callgrind --trace-children=yes`` with the settings of
 ``benches/http_harness.py`` (server on core 0, wrk on core 1); after a warm-up the counters of its Granian
 worker are zeroed, ``wrk`` loads one endpoint for ``--seconds``, and the worker's instructions (all its
 threads, user space only) are divided by the requests wrk completed.
 
 The kernel's network work per request, the same for every server, is not counted, so a wall-clock ratio
-lies between the ratio shown here and 1. Compare ratios within one run.
+lies between the ratio shown here and 1. Compare ratios within one run. With ``--profiles DIR`` each
+worker's callgrind profile is kept there, for ``callgrind_annotate --inclusive=yes``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,14 +69,14 @@ def callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, timeout=120, check=True)
 
 
-def dumped_instructions(out: Path, pid: int) -> int:
-    """The instruction total of ``pid``'s newest dump (``callgrind_control -d`` writes ``cg.<pid>.<n>``)."""
+def newest_dump(out: Path, pid: int) -> tuple[Path, int]:
+    """``pid``'s newest dump (``callgrind_control -d`` writes ``cg.<pid>.<n>``) and its instruction total."""
     dumps = sorted(out.glob(f"cg.{pid}.*"), key=lambda p: int(p.suffix[1:]))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump for process {pid} in {out}")
     for line in dumps[-1].read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
+            return dumps[-1], int(line.split()[1])
     raise RuntimeError(f"no instruction total in {dumps[-1]}")
 
 
@@ -94,13 +99,17 @@ def count(spec: ServerSpec, endpoint: str, workdir: Path, args: argparse.Namespa
         deadline = time.monotonic() + 60
         while True:
             try:
-                instructions = dumped_instructions(out, worker)
+                dump, instructions = newest_dump(out, worker)
                 break
             except RuntimeError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
     found = Count(spec.name, endpoint, int(run["requests"]), instructions)
+    if args.profiles:
+        args.profiles.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^a-z0-9]+", "-", f"{spec.name} {endpoint}").strip("-")
+        shutil.copy(dump, args.profiles / f"{slug}.callgrind")
     log(f"{spec.name} {endpoint}: {found.per_request:,.0f} instructions per request")
     return found
 
@@ -136,6 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=10, help="measured load per target (default 10)")
     parser.add_argument("--connections", type=int, default=10, help="wrk connections (default 10)")
     parser.add_argument("--out", type=Path, default=BENCHES / "results", help="report directory")
+    parser.add_argument(
+        "--profiles", type=Path, help="keep each worker's callgrind profile in this directory"
+    )
     args = parser.parse_args(argv)
     if args.seconds < 1 or args.connections < 1:
         parser.error("--seconds and --connections must be positive")
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".md").write_text(markdown)
     raw = {
         "machine": env,
-        "args": vars(args) | {"out": str(args.out)},
+        "args": vars(args) | {"out": str(args.out), "profiles": args.profiles and str(args.profiles)},
         "counts": [asdict(c) | {"per_request": c.per_request} for c in counts],
     }
     stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
