@@ -62,7 +62,7 @@ clean:
 	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # HTTP benchmark: Phoenix /health and /ready vs a bare Granian ceiling and FastAPI + uvicorn (wrk, pinned
-# cores). e.g. make bench-http BENCH_ARGS="--duration 5 --rounds 3 --connections 1,50"
+# cores; sequential rounds, then head-to-head rounds against the ceiling). e.g. make bench-http BENCH_ARGS="--duration 5 --rounds 3 --connections 1,50"
 bench-http: develop
 	python benches/http_harness.py $(BENCH_ARGS)
 

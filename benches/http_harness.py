@@ -1,14 +1,17 @@
 """HTTP benchmark: Phoenix /health and /ready against a bare Granian ceiling and FastAPI + uvicorn.
 
     python benches/http_harness.py [--duration 5] [--rounds 3] [--connections 1,50,500] \
-        [--out benches/results]
+        [--h2h-rounds 5] [--out benches/results]
 
 All servers run pinned to core 0 and wrk to core 1 (``taskset``), with the same settings for each: per
 connection count a 2 s warm-up per target, then ``--rounds`` runs of ``--duration`` seconds of
 ``wrk -t1 -cC --latency``, taken in turns across the targets; the median round is reported. Each server's
-RSS is read before and after every load. The markdown report (with the machine description and the
-issue's targets evaluated), a PNG chart of req/s and p99 (matplotlib) and the raw JSON go to ``--out``.
-Compare ratios within one run, not numbers across runs.
+RSS is read before and after every load. Then ``--h2h-rounds`` head-to-head rounds: each challenger (a
+second ceiling, Phoenix, FastAPI) loaded at the same time as the ceiling, the two servers sharing core 0,
+so that the shared machine's drift, larger than the differences judged, slows both alike (see
+``head_to_head``). The markdown report (with the machine description and the issue's targets evaluated), a
+PNG chart of req/s and p99 (matplotlib) and the raw JSON go to ``--out``. Compare ratios within one run,
+not numbers across runs.
 """
 
 from __future__ import annotations
