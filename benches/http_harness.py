@@ -33,9 +33,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,35 @@ def machine() -> dict[str, str]:
         "commit": commit,
         "loadavg_before": Path("/proc/loadavg").read_text().strip(),
     }
+
+
+def run_env(started: dt.datetime, **extra: str) -> dict[str, str]:
+    """What every report records of its run: the date, the command line, the machine, and ``extra``."""
+    return {
+        "date": started.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **machine(),
+        **extra,
+    }
+
+
+def machine_section(env: dict[str, str]) -> list[str]:
+    """The report's closing "Machine" section, from ``run_env``."""
+    return [
+        "",
+        "## Machine",
+        "",
+        *(f"- {key}: `{value}`" for key, value in env.items() if key not in ("date", "command")),
+    ]
+
+
+def save_report(stem: Path, markdown: str, raw: dict[str, Any]) -> None:
+    """Prints the report and writes it to ``stem``.md, its raw data to ``stem``.json."""
+    print(markdown)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(markdown)
+    stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
+    log(f"wrote {stem}.md and {stem}.json")
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -432,17 +461,33 @@ def summarize(server: str, endpoint: str, connections: int, rounds: list[dict[st
     return result
 
 
+def requests_per_cpu_second(run: dict[str, Any]) -> float:
+    cpu_s = run["server_cpu_pct"] / 100 * run["duration_us"] / 1e6
+    return float(run["requests"] / cpu_s) if cpu_s else 0.0
+
+
 @dataclass
 class HeadToHead:
     """Rounds in which ``server`` (at ``endpoint``) and the ceiling (at /health) were loaded at once,
-    sharing the server core: their req/s ratio per round, and the same per CPU-second of each server."""
+    sharing the server core: each round holds both wrk runs, ``challenger`` and ``ceiling``."""
 
     server: str
     endpoint: str
     connections: int
-    ratios: list[float]
-    cpu_ratios: list[float]
     rounds: list[dict[str, Any]]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Per round, the challenger's req/s over the ceiling's."""
+        return [r["challenger"]["rps"] / r["ceiling"]["rps"] for r in self.rounds]
+
+    @property
+    def cpu_ratios(self) -> list[float]:
+        """Per round, the same from requests per CPU-second of each server."""
+        return [
+            requests_per_cpu_second(r["challenger"]) / requests_per_cpu_second(r["ceiling"])
+            for r in self.rounds
+        ]
 
     @property
     def ratio(self) -> float:
@@ -453,31 +498,14 @@ class HeadToHead:
         return float(statistics.median(self.cpu_ratios))
 
 
-def requests_per_cpu_second(run: dict[str, Any]) -> float:
-    cpu_s = run["server_cpu_pct"] / 100 * run["duration_us"] / 1e6
-    return float(run["requests"] / cpu_s) if cpu_s else 0.0
-
-
 def load_together(loads: list[tuple[Server, str]], connections: int, seconds: int) -> list[dict[str, Any]]:
     """One wrk per (server, endpoint), all started together (every wrk on WRK_CPU, every server on
     SERVER_CPU). Their wrk and other-CPU columns are shared and mean nothing here."""
-    runs: list[dict[str, Any] | BaseException] = [RuntimeError("not run")] * len(loads)
-
-    def load(i: int, server: Server, endpoint: str) -> None:
-        try:
-            runs[i] = wrk(server.url(endpoint), connections, seconds, server)
-        except BaseException as exc:  # re-raised below, in the harness's thread
-            runs[i] = exc
-
-    threads = [threading.Thread(target=load, args=(i, *pair)) for i, pair in enumerate(loads)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for run in runs:
-        if isinstance(run, BaseException):
-            raise run
-    return runs  # type: ignore[return-value]
+    with ThreadPoolExecutor(len(loads)) as pool:
+        runs = [
+            pool.submit(wrk, server.url(endpoint), connections, seconds, server) for server, endpoint in loads
+        ]
+        return [run.result() for run in runs]
 
 
 # --- servers ---------------------------------------------------------------------------------------
@@ -575,6 +603,8 @@ def head_to_head(servers: list[Server], connections: int, args: argparse.Namespa
     ``--h2h-rounds`` rounds (challengers in turns, rotated per round). Whatever slows the shared machine
     down during a round slows both alike, so the ratio of their req/s holds still where sequential
     rounds swing by ±10 %: with both CPU-bound, it is the ratio of their costs per request."""
+    if args.h2h_rounds == 0:
+        return []
     by_name = {server.spec.name: server for server in servers}
     ceiling = by_name[CEILING]
     present = [(name, endpoint) for name, endpoint in CHALLENGERS if name in by_name]
@@ -590,19 +620,7 @@ def head_to_head(servers: list[Server], connections: int, args: argparse.Namespa
             runs[name, endpoint].append({"challenger": challenger, "ceiling": against})
     duels = []
     for (name, endpoint), pairs in runs.items():
-        if not pairs:
-            continue
-        duel = HeadToHead(
-            server=name,
-            endpoint=endpoint,
-            connections=connections,
-            ratios=[p["challenger"]["rps"] / p["ceiling"]["rps"] for p in pairs],
-            cpu_ratios=[
-                requests_per_cpu_second(p["challenger"]) / requests_per_cpu_second(p["ceiling"])
-                for p in pairs
-            ],
-            rounds=pairs,
-        )
+        duel = HeadToHead(server=name, endpoint=endpoint, connections=connections, rounds=pairs)
         log(
             f"{name} {endpoint} c={connections} head to head: {duel.ratio:.3f}x the ceiling "
             f"(rounds {min(duel.ratios):.3f}-{max(duel.ratios):.3f})"
@@ -676,9 +694,7 @@ def evaluate_targets(
         return f"{value:.2f}x ({shown})", value >= bound if at_least else value <= bound
 
     def duel_check(
-        key: tuple[str, str, int],
-        per: tuple[str, str, int] | None = None,
-        bound: float = TARGET_CEILING_RATIO,
+        key: tuple[str, str, int], per: tuple[str, str, int] | None, bound: float
     ) -> tuple[str, bool | None]:
         """``key``'s head-to-head ratio to the ceiling, divided by ``per``'s if given, against ``bound``."""
         duel, base = duel_of.get(key), duel_of.get(per) if per else None
@@ -693,71 +709,55 @@ def evaluate_targets(
         shown = f"{duel.ratio:.3f} ÷ {base.ratio:.3f} of the ceiling"
         return f"{value:.2f}x head to head ({shown})", value >= bound
 
+    def throughput_check(
+        a: tuple[str, str, int], b: tuple[str, str, int], bound: float
+    ) -> tuple[str, bool | None]:
+        """``a``'s req/s over ``b``'s: head to head when both were loaded against the ceiling (or ``b`` is
+        the ceiling), else from the sequential medians."""
+        per = None if b[0] == CEILING else b
+        if a in duel_of and (per is None or per in duel_of):
+            return duel_check(a, per, bound)
+        return check(a, b, "rps", bound, True)
+
     checks = []
 
-    def add(target: str, c: int, shipped: tuple[Any, ...], log_off: tuple[Any, ...]) -> None:
-        checks.append(TargetCheck(target, c, *check(*shipped), *check(*log_off)))
+    def add_throughput(
+        target: str, bound: float, on: tuple[tuple[str, str], ...], off: tuple[tuple[str, str], ...]
+    ) -> None:
+        """One row per connection count: ``on`` and ``off`` are (server, endpoint) pairs, a over b."""
+        (a_on, b_on), (a_off, b_off) = on, off
+        for c in args.connections:
+            shipped = throughput_check((*a_on, c), (*b_on, c), bound)
+            log_off = throughput_check((*a_off, c), (*b_off, c), bound)
+            checks.append(TargetCheck(target, c, *shipped, *log_off))
 
-    for c in args.connections:
-        if (PHOENIX_ON, "/health", c) in duel_of:
-            checks.append(
-                TargetCheck(
-                    f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
-                    c,
-                    *duel_check((PHOENIX_ON, "/health", c)),
-                    *duel_check((PHOENIX_OFF, "/health", c)),
-                )
-            )
-            continue
-        add(
-            f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
-            c,
-            ((PHOENIX_ON, "/health", c), (CEILING, "/health", c), "rps", TARGET_CEILING_RATIO, True),
-            ((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), "rps", TARGET_CEILING_RATIO, True),
-        )
-    for c in args.connections:
-        if (FASTAPI_ON, "/health", c) in duel_of:
-            checks.append(
-                TargetCheck(
-                    f"/health ≥ {TARGET_FASTAPI_RATIO:g}x FastAPI + uvicorn (req/s)",
-                    c,
-                    *duel_check((PHOENIX_ON, "/health", c), (FASTAPI_ON, "/health", c), TARGET_FASTAPI_RATIO),
-                    *duel_check(
-                        (PHOENIX_OFF, "/health", c), (FASTAPI_OFF, "/health", c), TARGET_FASTAPI_RATIO
-                    ),
-                )
-            )
-            continue
-        add(
-            f"/health ≥ {TARGET_FASTAPI_RATIO:g}x FastAPI + uvicorn (req/s)",
-            c,
-            ((PHOENIX_ON, "/health", c), (FASTAPI_ON, "/health", c), "rps", TARGET_FASTAPI_RATIO, True),
-            ((PHOENIX_OFF, "/health", c), (FASTAPI_OFF, "/health", c), "rps", TARGET_FASTAPI_RATIO, True),
-        )
-    c = TARGET_P99_CONNECTIONS
-    add(
-        f"/health p99 at c = {c} ≤ {TARGET_P99_RATIO}x the ceiling's p99",
-        c,
-        ((PHOENIX_ON, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
-        ((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
+    add_throughput(
+        f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
+        TARGET_CEILING_RATIO,
+        ((PHOENIX_ON, "/health"), (CEILING, "/health")),
+        ((PHOENIX_OFF, "/health"), (CEILING, "/health")),
     )
-    for c in args.connections:
-        if (PHOENIX_ON, "/ready", c) in duel_of:
-            checks.append(
-                TargetCheck(
-                    f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
-                    c,
-                    *duel_check((PHOENIX_ON, "/ready", c), (PHOENIX_ON, "/health", c), TARGET_READY_RATIO),
-                    *duel_check((PHOENIX_OFF, "/ready", c), (PHOENIX_OFF, "/health", c), TARGET_READY_RATIO),
-                )
-            )
-            continue
-        add(
-            f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
+    add_throughput(
+        f"/health ≥ {TARGET_FASTAPI_RATIO:g}x FastAPI + uvicorn (req/s)",
+        TARGET_FASTAPI_RATIO,
+        ((PHOENIX_ON, "/health"), (FASTAPI_ON, "/health")),
+        ((PHOENIX_OFF, "/health"), (FASTAPI_OFF, "/health")),
+    )
+    c = TARGET_P99_CONNECTIONS
+    checks.append(
+        TargetCheck(
+            f"/health p99 at c = {c} ≤ {TARGET_P99_RATIO}x the ceiling's p99",
             c,
-            ((PHOENIX_ON, "/ready", c), (PHOENIX_ON, "/health", c), "rps", TARGET_READY_RATIO, True),
-            ((PHOENIX_OFF, "/ready", c), (PHOENIX_OFF, "/health", c), "rps", TARGET_READY_RATIO, True),
+            *check((PHOENIX_ON, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
+            *check((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
         )
+    )
+    add_throughput(
+        f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
+        TARGET_READY_RATIO,
+        ((PHOENIX_ON, "/ready"), (PHOENIX_ON, "/health")),
+        ((PHOENIX_OFF, "/ready"), (PHOENIX_OFF, "/health")),
+    )
     soak = latest_soak(args.out)
     target = f"RSS growth over 5 minutes ≤ {TARGET_SOAK_GROWTH_MB:g} MB"
     if soak is None or "rss" not in soak:
@@ -921,8 +921,7 @@ def report(
             lines.append(f"- {r.server} {r.endpoint} c = {r.connections}: {kinds}")
         lines.append(f"- open-files limit (soft/hard): {env.get('nofile', '-')}")
 
-    lines += ["", "## Machine", ""]
-    lines += [f"- {key}: `{value}`" for key, value in env.items() if key not in ("date", "command")]
+    lines += machine_section(env)
     return "\n".join(lines) + "\n"
 
 
@@ -1039,12 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
     with_fastapi = ensure_fastapi()
     with_chart = ensure_matplotlib()
     started = dt.datetime.now()
-    env = {
-        "date": started.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **machine(),
-        "nofile": nofile,
-    }
+    env = run_env(started, nofile=nofile)
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-http-") as tmp:
         results, duels, servers = bench(server_specs(Path(tmp), with_fastapi), Path(tmp), args)
     env["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
@@ -1053,17 +1047,20 @@ def main(argv: list[str] | None = None) -> int:
     png = stem.with_suffix(".png")
     chart_name = png.name if with_chart and chart(results, env, args, png) else None
     markdown = report(results, duels, servers, env, args, chart_name)
-    print(markdown)
-    stem.with_suffix(".md").write_text(markdown)
     raw = {
         "machine": env,
         "args": vars(args) | {"out": str(args.out)},
         "servers": servers,
         "results": [asdict(r) for r in results],
-        "head_to_head": [asdict(d) | {"ratio": d.ratio, "cpu_ratio": d.cpu_ratio} for d in duels],
+        "head_to_head": [
+            asdict(d)
+            | {"ratios": d.ratios, "cpu_ratios": d.cpu_ratios, "ratio": d.ratio, "cpu_ratio": d.cpu_ratio}
+            for d in duels
+        ],
     }
-    stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
-    log(f"wrote {stem}.md, {stem}.json" + (f" and {png}" if chart_name else ""))
+    save_report(stem, markdown, raw)
+    if chart_name:
+        log(f"wrote {png}")
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import shutil
 import subprocess
@@ -38,9 +37,11 @@ from http_harness import (
     ServerSpec,
     ensure_apt,
     log,
-    machine,
+    machine_section,
     prepare_load_run,
+    run_env,
     running,
+    save_report,
     server_specs,
     wrk,
 )
@@ -135,8 +136,7 @@ def report(counts: list[Count], env: dict[str, str], args: argparse.Namespace) -
             f"| {c.server} | {c.endpoint} | {c.requests:,} | {c.per_request:,.0f} "
             f"| {ceiling.per_request / c.per_request:.3f} |"
         )
-    lines += ["", "## Machine", ""]
-    lines += [f"- {key}: `{value}`" for key, value in env.items() if key not in ("date", "command")]
+    lines += machine_section(env)
     return "\n".join(lines) + "\n"
 
 
@@ -159,26 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     prepare_load_run(args.connections)
     ensure_apt("callgrind_control", "valgrind")
     started = dt.datetime.now()
-    env = {
-        "date": started.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **machine(),
-    }
+    env = run_env(started)
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-instructions-") as tmp:
         specs = {spec.name: spec for spec in server_specs(Path(tmp), with_fastapi=False)}
         counts = [count(specs[name], endpoint, Path(tmp), args) for name, endpoint in TARGETS]
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"instructions-{started.strftime('%Y-%m-%d-%H%M%S')}"
-    markdown = report(counts, env, args)
-    print(markdown)
-    stem.with_suffix(".md").write_text(markdown)
     raw = {
         "machine": env,
         "args": vars(args) | {"out": str(args.out), "profiles": args.profiles and str(args.profiles)},
         "counts": [asdict(c) | {"per_request": c.per_request} for c in counts],
     }
-    stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
-    log(f"wrote {stem}.md and {stem}.json")
+    save_report(stem, report(counts, env, args), raw)
     return 0
 
 

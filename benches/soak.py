@@ -34,11 +34,13 @@ from http_harness import (
     ServerSpec,
     children_cpu_seconds,
     cpu_seconds,
-    machine,
     machine_busy_seconds,
+    machine_section,
     prepare_load_run,
     rss_kb,
+    run_env,
     running,
+    save_report,
     wait_quiet,
 )
 
@@ -303,8 +305,7 @@ def report(data: dict[str, Any], rss: dict[str, Any], env: dict[str, str], args:
             f"| {s['t_s']:.0f} | {s['worker_rss_kb'] / 1024:.2f} "
             f"| {mb(s['worker_rss_kb'] - rss['start_kb']):+.2f} | {s['main_rss_kb'] / 1024:.2f} |"
         )
-    lines += ["", "## Machine", ""]
-    lines += [f"- {key}: `{value}`" for key, value in env.items() if key not in ("date", "command")]
+    lines += machine_section(env)
     return "\n".join(lines) + "\n"
 
 
@@ -337,21 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         Settings().request_log if args.request_log == "shipped" else args.request_log == "on"
     )
     started = dt.datetime.now()
-    env = {
-        "date": started.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **machine(),
-        "nofile": nofile,
-    }
+    env = run_env(started, nofile=nofile)
     with tempfile.TemporaryDirectory(prefix="phoenix-soak-") as tmp:
         data = soak(args, Path(tmp))
     env["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
     rss = summarize(data, args)
-    markdown = report(data, rss, env, args)
-    print(markdown)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"soak-{started.strftime('%Y-%m-%d-%H%M%S')}"
-    stem.with_suffix(".md").write_text(markdown)
     raw = {
         "machine": env,
         "args": vars(args) | {"out": str(args.out)},
@@ -359,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss": rss,
         **data,
     }
-    stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
-    log(f"wrote {stem}.md and {stem}.json")
+    save_report(stem, report(data, rss, env, args), raw)
     return 0
 
 
