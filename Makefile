@@ -62,7 +62,8 @@ clean:
 	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # HTTP benchmark: Phoenix /health and /ready vs a bare Granian ceiling and FastAPI + uvicorn (wrk, pinned
-# cores; sequential rounds, then head-to-head rounds against the ceiling). e.g. make bench-http BENCH_ARGS="--duration 5 --rounds 3 --connections 1,50"
+# cores; sequential rounds, then head-to-head rounds against the ceiling).
+# e.g. make bench-http BENCH_ARGS="--duration 5 --rounds 3 --connections 1,50"
 bench-http: develop
 	python benches/http_harness.py $(BENCH_ARGS)
 
@@ -72,7 +73,7 @@ MINUTES ?= 5
 bench-soak: develop
 	python benches/soak.py --minutes $(MINUTES)
 
-# Instructions per request under callgrind (valgrind, installed if missing): Phoenix beside the ceiling,
-# repeatable where wall-clock ratios on a shared machine are not. e.g. make bench-instructions BENCH_ARGS="--seconds 5"
+# Instructions per request under callgrind (valgrind, installed if missing): Phoenix beside the ceiling.
+# e.g. make bench-instructions BENCH_ARGS="--seconds 5 --profiles /tmp/profiles"
 bench-instructions: develop
 	python benches/instructions.py $(BENCH_ARGS)
