@@ -2,8 +2,10 @@
 //! bridges tokio with asyncio. Everything it calls is plain Rust from the sibling modules.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,12 +23,110 @@ use tokio::runtime::Runtime;
 use crate::access_log::{self, AccessLog};
 use crate::cache::{Entry, Lookup, TtlCache};
 use crate::checks::{start_round, CheckFuture, CheckResult, Policy, Probe, Report, Subsystem};
+use crate::exit_gate::Gate;
 use crate::render::{self, Body, Format, View};
 use crate::routes::{bearer_matches, route, Endpoint, Query, Route, ALLOWED_METHODS};
 use crate::subsystems::Phoenix;
 
 fn runtime() -> &'static Runtime {
     pyo3_async_runtimes::tokio::get_runtime()
+}
+
+/// Every call from a Rust thread (tokio's workers and blocking pool) into Python passes this gate,
+/// which closes when the interpreter begins to exit. On Python < 3.14, a thread that wants the GIL
+/// back while the interpreter finalizes is ended with `pthread_exit`, and that forced unwind cannot
+/// cross Rust frames: the process aborts. A thread inside `call_soon_threadsafe`, which releases the
+/// GIL to wake the loop, as the main thread returns from `asyncio.run(kernel.check())` and exits is
+/// enough (found as a SIGABRT of `phoenix check` on a loaded machine). So `close_python_gate` runs
+/// at exit, before finalization: nothing new enters, and it waits for the threads inside to leave.
+static PYTHON_GATE: Gate = Gate::new();
+
+/// How long exit waits for Rust threads to leave Python: ample for any callback, short enough that
+/// a hung synchronous check cannot hold the process up.
+const EXIT_PATIENCE: Duration = Duration::from_secs(1);
+
+/// What a Python check reports when it is asked to run while the interpreter exits.
+const EXITING: &str = "the Python interpreter is exiting";
+
+/// `Python::attach` for Rust threads, through the gate: `None` once the interpreter is exiting.
+fn attach<R>(work: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    PYTHON_GATE.pass(|| Python::attach(work))
+}
+
+/// Registered with `atexit` when the module loads, so it runs before finalization begins, and
+/// after any exit hook registered later (which may still use a kernel).
+#[pyfunction]
+fn close_python_gate(py: Python<'_>) {
+    py.detach(|| PYTHON_GATE.close(EXIT_PATIENCE));
+}
+
+/// pyo3-async-runtimes' tokio bridge, except that the closures which resolve asyncio futures from
+/// the blocking pool (they take the GIL) pass the gate. Same runtime, same task-local event loop.
+struct GatedTokio;
+
+tokio::task_local! {
+    static TASK_LOCALS: TaskLocals;
+}
+
+impl pyo3_async_runtimes::generic::Runtime for GatedTokio {
+    type JoinError = tokio::task::JoinError;
+    type JoinHandle = tokio::task::JoinHandle<()>;
+
+    fn spawn<F>(fut: F) -> Self::JoinHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        runtime().spawn(fut)
+    }
+
+    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        runtime().spawn_blocking(move || {
+            PYTHON_GATE.pass(f);
+        })
+    }
+}
+
+impl pyo3_async_runtimes::generic::ContextExt for GatedTokio {
+    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
+    where
+        F: Future<Output = R> + Send + 'static,
+    {
+        Box::pin(TASK_LOCALS.scope(locals, fut))
+    }
+
+    fn get_task_locals() -> Option<TaskLocals> {
+        TASK_LOCALS.try_with(TaskLocals::clone).ok()
+    }
+}
+
+/// A Rust future as an asyncio awaitable, resolved through the gate.
+fn future_into_py<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    pyo3_async_runtimes::generic::future_into_py::<GatedTokio, F, T>(py, fut)
+}
+
+/// pyo3-log's logger behind the gate: records logged from Rust threads once the interpreter exits
+/// are dropped instead of taking the GIL.
+struct GatedLogger(pyo3_log::Logger);
+
+impl log::Log for GatedLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        PYTHON_GATE
+            .pass(|| self.0.enabled(metadata))
+            .unwrap_or(false)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        PYTHON_GATE.pass(|| self.0.log(record));
+    }
+
+    fn flush(&self) {}
 }
 
 /// A rendered response, turned into Python objects once, by the first request that reads it, so that
@@ -145,7 +245,7 @@ impl Waiters {
 
     /// Wakes every waiter, from any thread.
     fn wake(self) {
-        Python::attach(|py| {
+        attach(|py| {
             let set_result = self.future.bind(py).getattr("set_result");
             let scheduled = set_result.and_then(|set_result| {
                 self.event_loop
@@ -628,7 +728,7 @@ impl Core {
         self.bind_current_loop(py)?;
         let subsystems = self.0.subsystems.load_full();
         let round = start_round(&subsystems, runtime().handle());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             let report: Report = round.await;
             let body = render::ready(&report, &View::FULL_JSON);
             Ok((report.ready(), body.status, body.bytes))
@@ -738,7 +838,7 @@ impl Core {
     /// Resolves once the native subsystems (if any) have finished initialising.
     fn wait_initialised<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let phoenix = self.0.phoenix.get().cloned();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             if let Some(phoenix) = phoenix {
                 phoenix.wait_initialised().await;
             }
@@ -777,7 +877,7 @@ fn spawn_background(subsystem: &Arc<Subsystem>) {
 
 impl Core {
     fn bind_current_loop(&self, py: Python<'_>) -> PyResult<()> {
-        if let Ok(locals) = pyo3_async_runtimes::tokio::get_current_locals(py) {
+        if let Ok(locals) = pyo3_async_runtimes::generic::get_current_locals::<GatedTokio>(py) {
             self.0.event_loop.store(Some(Arc::new(locals)));
         }
         Ok(())
@@ -864,10 +964,11 @@ impl Probe for PyProbe {
             let func = Arc::clone(&self.func);
             return async move {
                 let call = move || {
-                    Python::attach(|py| match func.call0(py) {
+                    attach(|py| match func.call0(py) {
                         Ok(value) => metric(value.bind(py)),
                         Err(err) => Err(describe(py, &err)),
                     })
+                    .unwrap_or_else(|| Err(EXITING.to_owned()))
                 };
                 tokio::task::spawn_blocking(call)
                     .await
@@ -878,22 +979,24 @@ impl Probe for PyProbe {
         let Some(locals) = self.event_loop.load_full() else {
             return ready(Err("no event loop to run async checks on".to_owned())).boxed();
         };
-        Python::attach(|py| {
+        attach(|py| {
             let started = self.func.call0(py).and_then(|coro| {
                 pyo3_async_runtimes::into_future_with_locals(&locals, coro.into_bound(py))
             });
             match started {
                 Ok(running) => async move {
                     let outcome = running.await;
-                    Python::attach(|py| match outcome {
+                    attach(|py| match outcome {
                         Ok(value) => metric(value.bind(py)),
                         Err(err) => Err(describe(py, &err)),
                     })
+                    .unwrap_or_else(|| Err(EXITING.to_owned()))
                 }
                 .boxed(),
                 Err(err) => ready(Err(describe(py, &err))).boxed(),
             }
         })
+        .unwrap_or_else(|| ready(Err(EXITING.to_owned())).boxed())
     }
 }
 
@@ -1060,7 +1163,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     // Rust log records (e.g. a malformed axioms file) go to Python's `logging` under the target name.
     // No caching, so logging configured after import is honoured; these records are rare.
-    let _ = pyo3_log::Logger::new(py, pyo3_log::Caching::Nothing)?.install();
+    let logger = GatedLogger(pyo3_log::Logger::new(py, pyo3_log::Caching::Nothing)?);
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    py.import("atexit")?
+        .call_method1("register", (wrap_pyfunction!(close_python_gate, m)?,))?;
     // One worker thread is plenty: native checks run on the blocking pool, and the runtime is only
     // built on first use, inside the serving process, never in a parent that forks.
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -225,3 +225,38 @@ asyncio.run(main())
     assert before == 0
     # The modules and the kernel: thousands of objects, out of the cyclic GC's full collections.
     assert after > 1000
+
+
+def test_exiting_while_a_check_runs_in_a_thread_neither_crashes_nor_cuts_it_off() -> None:
+    # On Python < 3.14 a thread that wants the GIL back while the interpreter finalizes is ended
+    # with pthread_exit, which aborts the process when it unwinds through Rust frames. Here the
+    # sync check sleeps (GIL released) past its timeout while the script exits, and a finalizer
+    # holds the interpreter in finalization past the check's wake-up: without the core's exit gate
+    # this aborts every time (SIGABRT, status -6).
+    script = """
+import asyncio, gc, sys, time
+from phoenix import Kernel
+
+kernel = Kernel(ready_ttl_ms=0)
+
+@kernel.subsystem("slow", threshold=0.5, timeout_ms=50)
+def slow() -> float:
+    time.sleep(0.4)
+    print("check finished", flush=True)
+    return 1.0
+
+class SlowFinalizer:
+    def __del__(self, sleep=time.sleep):
+        sleep(0.8)
+
+print(asyncio.run(kernel.check())["status"], flush=True)
+# Garbage found only by the interpreter's last collection, after finalization has begun.
+gc.set_threshold(1_000_000_000)
+cycle = SlowFinalizer()
+cycle.self = cycle
+del cycle
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # Exit waited for the check that was still running: its last line is there.
+    assert done.stdout.split("\n") == ["not_ready", "check finished", ""]
