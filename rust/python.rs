@@ -958,18 +958,21 @@ fn metric(value: &Bound<'_, PyAny>) -> CheckResult {
     })
 }
 
+/// What a Python check returned (or raised), judged with the GIL, taken through the gate.
+fn check_result(returned: impl for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>>) -> CheckResult {
+    attach(|py| match returned(py) {
+        Ok(value) => metric(value.bind(py)),
+        Err(err) => Err(describe(py, &err)),
+    })
+    .unwrap_or_else(|| Err(EXITING.to_owned()))
+}
+
 impl Probe for PyProbe {
     fn start(&self) -> CheckFuture {
         if !self.is_async {
             let func = Arc::clone(&self.func);
             return async move {
-                let call = move || {
-                    attach(|py| match func.call0(py) {
-                        Ok(value) => metric(value.bind(py)),
-                        Err(err) => Err(describe(py, &err)),
-                    })
-                    .unwrap_or_else(|| Err(EXITING.to_owned()))
-                };
+                let call = move || check_result(|py| func.call0(py));
                 tokio::task::spawn_blocking(call)
                     .await
                     .unwrap_or_else(|_| Err("check thread failed".to_owned()))
@@ -986,11 +989,7 @@ impl Probe for PyProbe {
             match started {
                 Ok(running) => async move {
                     let outcome = running.await;
-                    attach(|py| match outcome {
-                        Ok(value) => metric(value.bind(py)),
-                        Err(err) => Err(describe(py, &err)),
-                    })
-                    .unwrap_or_else(|| Err(EXITING.to_owned()))
+                    check_result(|_| outcome)
                 }
                 .boxed(),
                 Err(err) => ready(Err(describe(py, &err))).boxed(),
