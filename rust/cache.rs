@@ -11,7 +11,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that tests can pause and advance it; outside tests it is the system's monotonic clock.
+use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
@@ -94,6 +97,11 @@ impl<T> TtlCache<T> {
             })
     }
 
+    /// Forgets the entry: the next caller refreshes.
+    pub fn clear(&self) {
+        self.slot.store(None);
+    }
+
     /// Installs `value` directly; used to prime a cache that must never be cold.
     pub fn insert(&self, value: T) -> Arc<Entry<T>> {
         let entry = Arc::new(Entry {
@@ -143,16 +151,25 @@ mod tests {
         assert!(matches!(c.lookup(), Lookup::Missing));
     }
 
-    #[test]
-    fn inserted_value_is_fresh_until_ttl_then_stale_then_missing() {
+    #[tokio::test(start_paused = true)]
+    async fn inserted_value_is_fresh_until_ttl_then_stale_then_missing() {
         let c = cache(30, 30);
         c.insert(7);
         assert_eq!(c.read_fresh(|v| *v), Some(7));
-        std::thread::sleep(Duration::from_millis(35));
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert_eq!(c.read_fresh(|v| *v), Some(7));
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(c.read_fresh(|v| *v).is_none());
         assert!(matches!(c.lookup(), Lookup::Stale(e) if e.value == 7));
-        std::thread::sleep(Duration::from_millis(35));
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(matches!(c.lookup(), Lookup::Stale(_)));
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(matches!(c.lookup(), Lookup::Missing));
+        assert_eq!(
+            c.newest().map(|e| e.value),
+            Some(7),
+            "the newest entry is kept"
+        );
     }
 
     #[test]
@@ -177,14 +194,18 @@ mod tests {
     fn of_many_threads_racing_for_a_refresh_exactly_one_wins() {
         let c = cache(100, 100);
         let winners = Arc::new(AtomicUsize::new(0));
+        // Every thread tries while the winner still holds the right: no one can win after it is done.
+        let all_tried = Arc::new(std::sync::Barrier::new(16));
         let threads: Vec<_> = (0..16)
             .map(|_| {
                 let c = Arc::clone(&c);
                 let winners = Arc::clone(&winners);
+                let all_tried = Arc::clone(&all_tried);
                 std::thread::spawn(move || {
-                    if let Some(refresh) = c.try_begin_refresh() {
+                    let refresh = c.try_begin_refresh();
+                    all_tried.wait();
+                    if let Some(refresh) = refresh {
                         winners.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(20));
                         refresh.finish(1);
                     }
                 })
@@ -195,5 +216,14 @@ mod tests {
         }
         assert_eq!(winners.load(Ordering::SeqCst), 1);
         assert_eq!(c.read_fresh(|v| *v), Some(1));
+    }
+
+    #[test]
+    fn cleared_cache_has_nothing_servable() {
+        let c = cache(100, 100);
+        c.insert(1);
+        c.clear();
+        assert!(matches!(c.lookup(), Lookup::Missing));
+        assert!(c.newest().is_none());
     }
 }

@@ -11,7 +11,11 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+// tokio's clock, so that tests can pause it; outside tests it is the system's monotonic clock.
+use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use futures::future::{join_all, BoxFuture, FutureExt, Shared};
@@ -156,13 +160,33 @@ impl Subsystem {
             }
         }
         let finished = Arc::new(AtomicBool::new(false));
-        let work = match catch_unwind(AssertUnwindSafe(|| self.probe.start())) {
+        let mut work = match catch_unwind(AssertUnwindSafe(|| self.probe.start())) {
             Ok(work) => work,
             Err(panic) => {
                 let message = panic_message(&*panic);
                 async move { Err(format!("panicked: {message}")) }.boxed()
             }
         };
+        // A probe that can answer at once (most native checks) answers here, on the calling thread:
+        // spawning it would cost a task and a thread hop for nothing. Any other is polled again, with
+        // a real waker, by its task.
+        let at_once = catch_unwind(AssertUnwindSafe(|| {
+            work.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        }));
+        let answered = match at_once {
+            Ok(Poll::Ready(result)) => Some(result),
+            Ok(Poll::Pending) => None,
+            Err(panic) => Some(Err(format!("panicked: {}", panic_message(&*panic)))),
+        };
+        if let Some(result) = answered {
+            finished.store(true, Ordering::Release);
+            let run = Run {
+                result: futures::future::ready(result).boxed().shared(),
+                finished,
+            };
+            *current = Some(run.clone());
+            return (run, false);
+        }
         let flag = FinishedOnDrop(Arc::clone(&finished));
         let task = rt.spawn(async move {
             let _flag = flag;
@@ -599,7 +623,7 @@ mod tests {
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn background_check_runs_on_its_own_and_rounds_read_its_latest_result() {
         let mut policy = Policy::new(0.5, Duration::from_millis(100));
         policy.interval = Some(Duration::from_millis(30));
@@ -620,11 +644,13 @@ mod tests {
             Arc::downgrade(&sub),
             Handle::current(),
         ));
+        // Ticks at 0, 30, 60, ... ms of the paused clock: the first run fails, the third passes.
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Fail);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
-        assert!(runs.load(Ordering::SeqCst) >= 3);
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 
     #[test]
@@ -654,7 +680,7 @@ mod tests {
         assert!(report.outcomes.is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn checks_run_concurrently() {
         let subs: Vec<_> = (0..3)
             .map(|i| subsystem(&format!("s{i}"), 0.5, 1_000, sleeping(100, 1.0)))
@@ -662,11 +688,17 @@ mod tests {
         let started = Instant::now();
         let report = round(&subs).await;
         assert!(report.ready(), "{report:?}");
-        assert!(
-            started.elapsed() < Duration::from_millis(200),
-            "{:?}",
-            started.elapsed()
-        );
+        // On the paused clock: one check's 100 ms, not three times that.
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_answers_at_once_completes_the_round_inline() {
+        let probe = FnProbe(|| futures::future::ready(Ok(1.0)));
+        let subs = [subsystem("now", 0.5, 100, probe)];
+        let mut round = Box::pin(start_round(&subs, &Handle::current()));
+        let polled = round.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(polled, Poll::Ready(report) if report.ready()));
     }
 
     #[tokio::test]
@@ -751,7 +783,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn hung_check_times_out_and_is_not_started_again() {
         let starts = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&starts);
@@ -763,7 +795,7 @@ mod tests {
         for i in 0..5 {
             let started = Instant::now();
             let report = round(&subs).await;
-            assert!(started.elapsed() < Duration::from_millis(150));
+            assert_eq!(started.elapsed(), Duration::from_millis(50), "round {i}");
             let error = report.outcomes[0].message.clone().unwrap();
             assert!(error.starts_with("timed out after 50 ms"), "{error}");
             assert_eq!(error.contains("earlier round"), i > 0, "{error}");
@@ -771,7 +803,7 @@ mod tests {
         assert_eq!(starts.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn slow_check_is_joined_and_its_late_result_used() {
         let starts = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&starts);

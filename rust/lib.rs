@@ -7,6 +7,7 @@ pub mod checks;
 pub mod exit_gate;
 pub mod render;
 pub mod routes;
+pub mod service;
 pub mod subsystems;
 
 #[cfg(feature = "python")]

@@ -1,0 +1,896 @@
+//! The service: everything a request needs, in plain Rust. It owns both caches, the readiness rounds
+//! (single flight, and who waits for them), the details policy, the drain and the routing of a request
+//! to its answer. A server binding asks it for an answer and gets either a response to send or "wait
+//! for the round in flight"; nothing here knows about Python or any server.
+
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
+use tokio::runtime::Handle;
+
+use crate::access_log::{self, AccessLog};
+use crate::cache::{Lookup, Refresh, TtlCache};
+use crate::checks::{start_round, Report, Subsystem};
+use crate::render::{self, Body, Format, View};
+use crate::routes::{bearer_matches, route, Endpoint, Query, Route};
+use crate::subsystems::Phoenix;
+
+/// More `?exclude=` parameters than this is a 400: exclusions are compared against every subsystem of
+/// every answer, so their number must be bounded, and no kernel needs more.
+pub const MAX_EXCLUDE: usize = 64;
+
+/// Who may see subsystems, metrics and errors in readiness answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Details {
+    Always,
+    Never,
+    /// Only callers presenting `Authorization: Bearer <token>`.
+    Token(String),
+}
+
+impl Details {
+    /// `always`, `never`, or `token` (which needs a non-empty token).
+    pub fn parse(mode: &str, token: Option<String>) -> Result<Self, String> {
+        match (mode, token) {
+            ("always", _) => Ok(Self::Always),
+            ("never", _) => Ok(Self::Never),
+            ("token", Some(token)) if !token.is_empty() => Ok(Self::Token(token)),
+            ("token", _) => Err("details = \"token\" needs a non-empty token".to_owned()),
+            (other, _) => Err(format!(
+                "details must be \"always\", \"never\" or \"token\", not {other:?}"
+            )),
+        }
+    }
+
+    fn shown_to(&self, authorization: Option<&str>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Token(token) => bearer_matches(authorization, token),
+        }
+    }
+}
+
+pub struct Settings {
+    pub health_ttl: Duration,
+    pub ready_ttl: Duration,
+    /// The timeout of checks registered without their own.
+    pub check_timeout: Duration,
+    pub details: Details,
+}
+
+/// A response ready to send. `memo` is a slot for a binding's own form of it (e.g. the Python objects a
+/// server wants), built once by whoever reads it first, so a cache hit converts nothing.
+pub struct Response {
+    pub body: Body,
+    memo: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Response {
+    pub fn new(body: Body) -> Arc<Self> {
+        Arc::new(Self {
+            body,
+            memo: OnceLock::new(),
+        })
+    }
+
+    /// The memo, once set, if it is a `T`.
+    #[inline]
+    pub fn memo<T: 'static>(&self) -> Option<&T> {
+        self.memo.get()?.downcast_ref()
+    }
+
+    /// Sets the memo unless someone already has, and returns the one that stays. Never blocks on
+    /// another thread building it: the value is built before the call.
+    pub fn set_memo<T: Any + Send + Sync>(&self, value: T) -> Option<&T> {
+        let _ = self.memo.set(Box::new(value));
+        self.memo()
+    }
+}
+
+/// What to send: the response, without its body for HEAD.
+#[derive(Clone)]
+pub struct Reply {
+    pub response: Arc<Response>,
+    pub head: bool,
+}
+
+impl Reply {
+    pub fn status(&self) -> u16 {
+        self.response.body.status
+    }
+}
+
+/// A request routed: answered already, or a readiness request whose answer depends on its query and
+/// headers, which the binding then reads (only readiness requests pay for reading them).
+pub enum Routed<'a> {
+    Reply(Reply),
+    Readiness(Readiness<'a>),
+}
+
+/// `/ready` (`one` is `None`) or `/ready/<one>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness<'a> {
+    one: Option<&'a str>,
+    head: bool,
+}
+
+/// The parts of a readiness request its answer depends on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Parts<'a> {
+    pub query: &'a str,
+    pub accept: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+}
+
+pub enum Answer {
+    Reply(Reply),
+    /// Nothing servable yet: wait for the round in flight (`when_round_ends`), then ask `ready_latest`.
+    Wait,
+}
+
+/// One round's report with its two common answers rendered up front: the hot path serves them as is.
+struct ReadyEntry {
+    report: Report,
+    /// The status-only answer, for callers not shown details (`None` when everyone is).
+    public: Option<Arc<Response>>,
+    full: Arc<Response>,
+}
+
+/// What a readiness request asks for, read off it once.
+struct ReadyRequest<'a> {
+    one: Option<&'a str>,
+    head: bool,
+    query: Query,
+    format: Format,
+    details: bool,
+}
+
+type Listener = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct RoundState {
+    in_flight: bool,
+    /// Called once when the round in flight ends.
+    listeners: Vec<Listener>,
+}
+
+/// Ends the round when dropped (at its end, or if its task is torn down), so no waiter can hang.
+struct RoundEnd(Arc<Service>);
+
+impl Drop for RoundEnd {
+    fn drop(&mut self) {
+        let listeners = {
+            let mut round = self.0.lock_round();
+            round.in_flight = false;
+            std::mem::take(&mut round.listeners)
+        };
+        // Outside the lock: a listener may well ask about rounds.
+        for listener in listeners {
+            listener();
+        }
+    }
+}
+
+/// A round's report now, when every check answered at once, or the future of it.
+pub enum RoundRun {
+    Done(Report),
+    Running(BoxFuture<'static, Report>),
+}
+
+pub struct Service {
+    started: Instant,
+    health: Arc<TtlCache<Arc<Response>>>,
+    ready: Arc<TtlCache<ReadyEntry>>,
+    subsystems: ArcSwap<Vec<Arc<Subsystem>>>,
+    check_timeout: Duration,
+    details: ArcSwap<Details>,
+    phoenix: OnceLock<Arc<Phoenix>>,
+    running: AtomicBool,
+    draining: AtomicBool,
+    round: Mutex<RoundState>,
+    /// Created on first use, inside the serving process (its flusher thread must not precede a fork).
+    access_log: OnceLock<Arc<AccessLog<io::Stderr>>>,
+    /// The runtime rounds and background work run on, looked up when needed: a binding creates its
+    /// runtime lazily, in the process that serves.
+    runtime: Box<dyn Fn() -> Handle + Send + Sync>,
+    live: Arc<Response>,
+    starting: Arc<Response>,
+    started_up: Arc<Response>,
+}
+
+impl Service {
+    pub fn new(
+        settings: Settings,
+        runtime: impl Fn() -> Handle + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        let Settings {
+            health_ttl,
+            ready_ttl,
+            check_timeout,
+            details,
+        } = settings;
+        let service = Self {
+            started: Instant::now(),
+            // A stale entry may be served for one more TTL while its refresh runs; past that, callers
+            // wait for the fresh one.
+            health: Arc::new(TtlCache::new(health_ttl, health_ttl)),
+            ready: Arc::new(TtlCache::new(ready_ttl, ready_ttl)),
+            subsystems: ArcSwap::from_pointee(Vec::new()),
+            check_timeout,
+            details: ArcSwap::from_pointee(details),
+            phoenix: OnceLock::new(),
+            running: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            round: Mutex::new(RoundState::default()),
+            access_log: OnceLock::new(),
+            runtime: Box::new(runtime),
+            live: Response::new(render::live()),
+            starting: Response::new(render::startup(false)),
+            started_up: Response::new(render::startup(true)),
+        };
+        service.health.insert(service.render_health());
+        Arc::new(service)
+    }
+
+    pub fn check_timeout(&self) -> Duration {
+        self.check_timeout
+    }
+
+    // --- Registration and start-up -----------------------------------------------------------------
+
+    pub fn add(&self, subsystem: Subsystem) -> Result<(), String> {
+        if self.subsystem_names().contains(&subsystem.name) {
+            return Err(format!(
+                "a subsystem named {:?} is already registered",
+                subsystem.name
+            ));
+        }
+        let subsystem = Arc::new(subsystem);
+        self.subsystems.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(Arc::clone(&subsystem));
+            next
+        });
+        if self.running.load(Ordering::Acquire) {
+            self.spawn_background(&subsystem);
+        }
+        Ok(())
+    }
+
+    /// Adds the Phoenix kernel's native subsystems over `data_dir`. Nothing touches the disk until
+    /// `start`.
+    pub fn add_phoenix(&self, data_dir: &Path) -> Result<Arc<Phoenix>, String> {
+        let phoenix = Phoenix::new(data_dir);
+        if self.phoenix.set(Arc::clone(&phoenix)).is_err() {
+            return Err("this kernel already has the Phoenix subsystems".to_owned());
+        }
+        for subsystem in phoenix.subsystems(self.check_timeout) {
+            self.add(subsystem)?;
+        }
+        Ok(phoenix)
+    }
+
+    pub fn phoenix(&self) -> Option<&Arc<Phoenix>> {
+        self.phoenix.get()
+    }
+
+    pub fn subsystem_names(&self) -> Vec<String> {
+        self.subsystems
+            .load()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Starts background work once: native initialisation and background checks.
+    pub fn start(&self) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let rt = (self.runtime)();
+        if let Some(phoenix) = self.phoenix.get() {
+            let init = Arc::clone(phoenix);
+            rt.spawn_blocking(move || init.initialise());
+            rt.spawn(Phoenix::keep_system_entry_fresh(
+                Arc::downgrade(phoenix),
+                crate::subsystems::SYSTEM_REFRESH,
+            ));
+        }
+        for subsystem in self.subsystems.load().iter() {
+            self.spawn_background(subsystem);
+        }
+    }
+
+    fn spawn_background(&self, subsystem: &Arc<Subsystem>) {
+        if subsystem.policy.interval.is_some() {
+            let rt = (self.runtime)();
+            rt.spawn(Subsystem::run_in_background(
+                Arc::downgrade(subsystem),
+                rt.clone(),
+            ));
+        }
+    }
+
+    /// True once the native subsystems (if any) have finished initialising: `/startup` answers 200.
+    pub fn is_started(&self) -> bool {
+        self.phoenix.get().is_none_or(|p| p.is_initialised())
+    }
+
+    // --- Policy ------------------------------------------------------------------------------------
+
+    pub fn set_details(&self, details: Details) {
+        self.details.store(Arc::new(details));
+        // Entries rendered for the old policy may lack the status-only answer: render afresh.
+        self.ready.clear();
+    }
+
+    pub fn details(&self) -> Arc<Details> {
+        self.details.load_full()
+    }
+
+    /// From now on `/ready` answers 503 `draining`, whatever the checks say; everything else is served
+    /// as before.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    // --- Answers -----------------------------------------------------------------------------------
+
+    /// Routes a request. Everything but readiness is answered here and now.
+    pub fn route<'a>(&self, method: &str, path: &'a str) -> Routed<'a> {
+        let (endpoint, head) = match route(method, path) {
+            Route::Serve { endpoint, head } => (endpoint, head),
+            Route::MethodNotAllowed => return Routed::Reply(self.error(405)),
+            Route::NotFound => return Routed::Reply(self.error(404)),
+        };
+        let response = match endpoint {
+            Endpoint::Health => self.health(),
+            Endpoint::Live => Arc::clone(&self.live),
+            Endpoint::Startup if self.is_started() => Arc::clone(&self.started_up),
+            Endpoint::Startup => Arc::clone(&self.starting),
+            Endpoint::Ready => return Routed::Readiness(Readiness { one: None, head }),
+            Endpoint::ReadyOne(name) => {
+                return Routed::Readiness(Readiness {
+                    one: Some(name),
+                    head,
+                })
+            }
+        };
+        Routed::Reply(Reply { response, head })
+    }
+
+    /// A readiness answer from the cache, starting a round when one is due; `Wait` when nothing
+    /// servable is left (a cold cache, or an entry too old to serve).
+    pub fn ready(self: &Arc<Self>, readiness: Readiness<'_>, parts: Parts<'_>) -> Answer {
+        let request = match self.ready_request(readiness, parts) {
+            Ok(request) => request,
+            Err(bad) => return Answer::Reply(bad),
+        };
+        if let Some(draining) = self.draining_reply(&request) {
+            return Answer::Reply(draining);
+        }
+        if let Some(hit) = self
+            .ready
+            .read_fresh(|entry| self.ready_reply(entry, &request))
+        {
+            return Answer::Reply(hit);
+        }
+        self.refresh_ready();
+        match self.ready.lookup() {
+            Lookup::Fresh(entry) | Lookup::Stale(entry) => {
+                Answer::Reply(self.ready_reply(&entry.value, &request))
+            }
+            Lookup::Missing => Answer::Wait,
+        }
+    }
+
+    /// Answers a readiness request from the newest round whatever its age: for requests that have just
+    /// waited for that round (with a TTL of 0 every entry is born stale, yet it is theirs). Never
+    /// starts a round.
+    pub fn ready_latest(&self, readiness: Readiness<'_>, parts: Parts<'_>) -> Reply {
+        let request = match self.ready_request(readiness, parts) {
+            Ok(request) => request,
+            Err(bad) => return bad,
+        };
+        if let Some(draining) = self.draining_reply(&request) {
+            return draining;
+        }
+        match self.ready.newest() {
+            Some(entry) => self.ready_reply(&entry.value, &request),
+            // Only if a round was abandoned before it ever produced a result.
+            None => self.error(503),
+        }
+    }
+
+    /// The JSON error answer for `code`.
+    pub fn error(&self, code: u16) -> Reply {
+        Reply {
+            response: Response::new(Body {
+                status: code,
+                content_type: render::JSON,
+                bytes: render::error(code, SystemTime::now()),
+            }),
+            head: false,
+        }
+    }
+
+    fn render_health(&self) -> Arc<Response> {
+        Response::new(Body {
+            status: 200,
+            content_type: render::JSON,
+            bytes: render::health(self.started.elapsed(), SystemTime::now()),
+        })
+    }
+
+    fn health(&self) -> Arc<Response> {
+        if let Some(hit) = self.health.read_fresh(Arc::clone) {
+            return hit;
+        }
+        match (self.health.try_begin_refresh(), self.health.lookup()) {
+            (Some(refresh), _) => Arc::clone(&refresh.finish(self.render_health()).value),
+            (None, Lookup::Fresh(entry) | Lookup::Stale(entry)) => Arc::clone(&entry.value),
+            // Someone else is rendering and nothing servable is left: rendering is cheap, so render
+            // for this request only rather than wait.
+            (None, Lookup::Missing) => self.render_health(),
+        }
+    }
+
+    fn ready_request<'a>(
+        &self,
+        readiness: Readiness<'a>,
+        parts: Parts<'_>,
+    ) -> Result<ReadyRequest<'a>, Reply> {
+        let query = if parts.query.is_empty() {
+            Query::default()
+        } else {
+            Query::parse(parts.query)
+        };
+        if query.exclude.len() > MAX_EXCLUDE {
+            return Err(self.error(400));
+        }
+        let format = query.format(parts.accept);
+        let details = self.details.load().shown_to(parts.authorization);
+        Ok(ReadyRequest {
+            one: readiness.one,
+            head: readiness.head,
+            query,
+            format,
+            details,
+        })
+    }
+
+    /// While draining, readiness answers 503 whatever the checks say.
+    fn draining_reply(&self, request: &ReadyRequest<'_>) -> Option<Reply> {
+        self.draining().then(|| Reply {
+            response: Response::new(render::draining(request.format)),
+            head: request.head,
+        })
+    }
+
+    fn ready_reply(&self, entry: &ReadyEntry, request: &ReadyRequest<'_>) -> Reply {
+        let view = View {
+            format: request.format,
+            details: request.details,
+            exclude: request.query.exclude.iter().map(String::as_str).collect(),
+        };
+        let response = match request.one {
+            None if view.format == Format::Json && view.exclude.is_empty() => {
+                match (&entry.public, view.details) {
+                    (Some(public), false) => Arc::clone(public),
+                    _ => Arc::clone(&entry.full),
+                }
+            }
+            None => Response::new(render::ready(&entry.report, &view)),
+            Some(name) => match entry.report.get(name) {
+                Some(outcome) => Response::new(render::subsystem(outcome, &view)),
+                None => return self.error(404),
+            },
+        };
+        Reply {
+            response,
+            head: request.head,
+        }
+    }
+
+    fn ready_entry(&self, report: Report) -> ReadyEntry {
+        let full = Response::new(render::ready(&report, &View::FULL_JSON));
+        // With details always shown, every caller gets `full`; nothing else to render.
+        let public = match **self.details.load() {
+            Details::Always => None,
+            _ => Some(Response::new(render::ready(&report, &View::PUBLIC_JSON))),
+        };
+        ReadyEntry {
+            report,
+            public,
+            full,
+        }
+    }
+
+    // --- Rounds ------------------------------------------------------------------------------------
+
+    fn lock_round(&self) -> std::sync::MutexGuard<'_, RoundState> {
+        self.round.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a round now, unless one is in flight or the entry has just been refreshed.
+    fn refresh_ready(self: &Arc<Self>) {
+        let Some(refresh) = self.ready.try_begin_refresh() else {
+            return;
+        };
+        // The round before may have finished between the caller's look and this claim: then the
+        // entry is fresh again and another round would answer the same burst twice.
+        if self.ready.read_fresh(|_| ()).is_some() {
+            return;
+        }
+        self.lock_round().in_flight = true;
+        let end = RoundEnd(Arc::clone(self));
+        match self.run_round() {
+            RoundRun::Done(report) => self.finish_round(refresh, report, end),
+            RoundRun::Running(round) => {
+                let this = Arc::clone(self);
+                (self.runtime)().spawn(async move {
+                    let report = round.await;
+                    this.finish_round(refresh, report, end);
+                });
+            }
+        }
+    }
+
+    fn finish_round(&self, refresh: Refresh<ReadyEntry>, report: Report, end: RoundEnd) {
+        refresh.finish(self.ready_entry(report));
+        drop(end);
+    }
+
+    /// Starts a round if there has never been one (a caller about to wait for it).
+    pub fn ensure_round(self: &Arc<Self>) {
+        if self.ready.newest().is_none() {
+            self.refresh_ready();
+        }
+    }
+
+    /// Calls `listener` once the round in flight ends; hands it back when none is in flight (its
+    /// answer is in the cache already). Listeners run on whichever thread ends the round: they must
+    /// only hand work on, never block.
+    pub fn when_round_ends<L: FnOnce() + Send + 'static>(&self, listener: L) -> Result<(), L> {
+        let mut round = self.lock_round();
+        if !round.in_flight {
+            return Err(listener);
+        }
+        round.listeners.push(Box::new(listener));
+        Ok(())
+    }
+
+    /// Starts one uncached round of every check. Checks that answer at once (most native ones) run
+    /// inline on the calling thread, so a round made only of them completes here: no task, no thread
+    /// hop. Otherwise the rest runs wherever the returned future is polled (on the runtime).
+    pub fn run_round(&self) -> RoundRun {
+        let rt = (self.runtime)();
+        let _context = rt.enter();
+        let subsystems = self.subsystems.load_full();
+        let mut round: Pin<Box<dyn Future<Output = Report> + Send>> =
+            Box::pin(start_round(&subsystems, &rt));
+        match round.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(report) => RoundRun::Done(report),
+            Poll::Pending => RoundRun::Running(round),
+        }
+    }
+
+    // --- Request log -------------------------------------------------------------------------------
+
+    /// Appends one line to the request log (see `access_log.rs`).
+    pub fn log(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+        let log = self.access_log.get_or_init(|| {
+            let log = AccessLog::new(io::stderr());
+            // Without the flusher, lines still go out whenever the buffer fills and at shutdown.
+            let _ = AccessLog::spawn_flusher(&log, access_log::FLUSH_EVERY);
+            log
+        });
+        log.record(method, path, status, elapsed);
+    }
+
+    /// Writes out buffered request-log lines now (at worker shutdown).
+    pub fn flush_log(&self) {
+        if let Some(log) = self.access_log.get() {
+            let _ = log.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::{CheckResult, FnProbe, Policy, Probe};
+    use std::sync::atomic::AtomicUsize;
+
+    const TTL: Duration = Duration::from_millis(100);
+
+    fn service(details: Details) -> Arc<Service> {
+        let rt = Handle::current();
+        Service::new(
+            Settings {
+                health_ttl: TTL,
+                ready_ttl: TTL,
+                check_timeout: Duration::from_millis(500),
+                details,
+            },
+            move || rt.clone(),
+        )
+    }
+
+    fn check(name: &str, probe: impl Probe + 'static) -> Subsystem {
+        Subsystem::new(
+            name,
+            "metric",
+            Policy::new(0.5, Duration::from_millis(500)),
+            Box::new(probe),
+        )
+    }
+
+    /// A check answering `metric` after `delay` (at once when zero), counting its runs.
+    fn counted(delay: Duration, metric: f64) -> (impl Probe, Arc<AtomicUsize>) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&runs);
+        let probe = FnProbe(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                CheckResult::Ok(metric)
+            }
+        });
+        (probe, runs)
+    }
+
+    fn get(service: &Arc<Service>, path: &str, parts: Parts<'_>) -> Option<Reply> {
+        match service.route("GET", path) {
+            Routed::Reply(reply) => Some(reply),
+            Routed::Readiness(readiness) => match service.ready(readiness, parts) {
+                Answer::Reply(reply) => Some(reply),
+                Answer::Wait => None,
+            },
+        }
+    }
+
+    /// Waits until no round is in flight.
+    async fn round_ended(service: &Service) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if service
+            .when_round_ends(move || tx.send(()).unwrap())
+            .is_ok()
+        {
+            rx.await.unwrap();
+        }
+    }
+
+    fn json(reply: &Reply) -> serde_json::Value {
+        serde_json::from_slice(&reply.response.body.bytes).unwrap()
+    }
+
+    fn readiness(service: &Service) -> Readiness<'static> {
+        match service.route("GET", "/ready") {
+            Routed::Readiness(readiness) => readiness,
+            Routed::Reply(_) => unreachable!("/ready is a readiness request"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_one_cached_response_per_ttl() {
+        let service = service(Details::Always);
+        let first = get(&service, "/health", Parts::default()).unwrap();
+        let again = get(&service, "/health", Parts::default()).unwrap();
+        assert!(Arc::ptr_eq(&first.response, &again.response));
+        assert_eq!(json(&first)["status"], "healthy");
+        tokio::time::advance(TTL).await;
+        let later = get(&service, "/health", Parts::default()).unwrap();
+        assert!(!Arc::ptr_eq(&first.response, &later.response));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_round_of_checks_that_answer_at_once_is_answered_inline() {
+        let service = service(Details::Always);
+        let (probe, runs) = counted(Duration::ZERO, 1.0);
+        service.add(check("db", probe)).unwrap();
+        let reply = get(&service, "/ready", Parts::default()).expect("no wait");
+        assert_eq!(reply.status(), 200);
+        assert_eq!(json(&reply)["subsystems"]["db"]["status"], "pass");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_burst_waits_for_one_round_and_is_told_when_it_ends() {
+        let service = service(Details::Always);
+        let (probe, runs) = counted(Duration::from_millis(50), 1.0);
+        service.add(check("db", probe)).unwrap();
+        for _ in 0..100 {
+            assert!(get(&service, "/ready", Parts::default()).is_none());
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "single flight");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        assert!(service
+            .when_round_ends(move || tx.send(()).unwrap())
+            .is_ok());
+        rx.await.unwrap();
+        // Its entry is born and the clock has moved on: fresh or not, it is the waiters' answer.
+        let reply = service.ready_latest(readiness(&service), Parts::default());
+        assert_eq!(reply.status(), 200);
+        // The round has ended: nothing to wait for, and its answer is cached.
+        assert!(service.when_round_ends(|| ()).is_err());
+        assert!(get(&service, "/ready", Parts::default()).is_some());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_entry_is_served_while_one_refresh_runs_until_it_is_too_old() {
+        let service = service(Details::Always);
+        let (probe, runs) = counted(Duration::from_millis(30), 1.0);
+        service.add(check("db", probe)).unwrap();
+        service.ensure_round();
+        round_ended(&service).await;
+        let first = get(&service, "/ready", Parts::default()).unwrap();
+        tokio::time::advance(TTL).await;
+        // Expired: served as it is while one refresh runs, however many ask.
+        for _ in 0..10 {
+            let stale = get(&service, "/ready", Parts::default()).unwrap();
+            assert!(Arc::ptr_eq(&stale.response, &first.response));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        round_ended(&service).await;
+        let fresh = get(&service, "/ready", Parts::default()).unwrap();
+        assert!(!Arc::ptr_eq(&fresh.response, &first.response));
+        // Past twice the TTL nothing is servable: callers wait for the round.
+        tokio::time::advance(2 * TTL).await;
+        assert!(get(&service, "/ready", Parts::default()).is_none());
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_answers_503_to_readiness_only() {
+        let service = service(Details::Always);
+        service.drain();
+        let ready = get(&service, "/ready", Parts::default()).unwrap();
+        assert_eq!(
+            (ready.status(), json(&ready)),
+            (503, serde_json::json!({"status": "draining"}))
+        );
+        assert_eq!(
+            get(&service, "/health", Parts::default()).unwrap().status(),
+            200
+        );
+        assert_eq!(
+            get(&service, "/live", Parts::default()).unwrap().status(),
+            200
+        );
+        let reply = service.ready_latest(readiness(&service), Parts::default());
+        assert_eq!(reply.status(), 503);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn details_are_shown_as_the_policy_says() {
+        let service = service(Details::Token("s3cret".to_owned()));
+        service
+            .add(check("db", counted(Duration::ZERO, 0.0).0))
+            .unwrap();
+        let anonymous = get(&service, "/ready", Parts::default()).unwrap();
+        assert_eq!(json(&anonymous), serde_json::json!({"status": "not_ready"}));
+        let with = |authorization| Parts {
+            authorization: Some(authorization),
+            ..Parts::default()
+        };
+        let wrong = get(&service, "/ready", with("Bearer s3cre")).unwrap();
+        assert_eq!(json(&wrong), serde_json::json!({"status": "not_ready"}));
+        let right = get(&service, "/ready", with("Bearer s3cret")).unwrap();
+        assert_eq!(right.status(), 503);
+        assert_eq!(json(&right)["missing"], serde_json::json!(["db"]));
+        service.set_details(Details::Never);
+        let never = get(&service, "/ready", with("Bearer s3cret")).unwrap();
+        assert_eq!(json(&never), serde_json::json!({"status": "not_ready"}));
+        service.set_details(Details::Always);
+        let always = get(&service, "/ready", Parts::default()).unwrap();
+        assert!(json(&always)["subsystems"]["db"].is_object());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exclusions_leave_checks_out_up_to_a_bound() {
+        let service = service(Details::Always);
+        service
+            .add(check("ok", counted(Duration::ZERO, 1.0).0))
+            .unwrap();
+        service
+            .add(check("bad", counted(Duration::ZERO, 0.0).0))
+            .unwrap();
+        assert_eq!(
+            get(&service, "/ready", Parts::default()).unwrap().status(),
+            503
+        );
+        let query = |query| Parts {
+            query,
+            ..Parts::default()
+        };
+        let excluded = get(&service, "/ready", query("exclude=bad")).unwrap();
+        assert_eq!(excluded.status(), 200);
+        assert!(json(&excluded)["subsystems"].get("bad").is_none());
+        let many = vec!["exclude=x"; MAX_EXCLUDE + 1].join("&");
+        let refused = get(&service, "/ready", query(&many)).unwrap();
+        assert_eq!(
+            (refused.status(), json(&refused)["code"].clone()),
+            (400, 400.into())
+        );
+        let bound = vec!["exclude=bad"; MAX_EXCLUDE].join("&");
+        assert_eq!(
+            get(&service, "/ready", query(&bound)).unwrap().status(),
+            200
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_answer_one_subsystem_and_json_errors() {
+        let service = service(Details::Always);
+        service
+            .add(check("db", counted(Duration::ZERO, 1.0).0))
+            .unwrap();
+        let one = get(&service, "/ready/db", Parts::default()).unwrap();
+        assert_eq!(
+            (one.status(), json(&one)["name"].clone()),
+            (200, "db".into())
+        );
+        let unknown = get(&service, "/ready/nope", Parts::default()).unwrap();
+        assert_eq!(
+            (unknown.status(), json(&unknown)["error"].clone()),
+            (404, "Not Found".into())
+        );
+        assert_eq!(
+            get(&service, "/nope", Parts::default()).unwrap().status(),
+            404
+        );
+        let Routed::Reply(post) = service.route("POST", "/ready") else {
+            panic!("a 405 is answered at once");
+        };
+        assert_eq!(post.status(), 405);
+        let Routed::Readiness(head) = service.route("HEAD", "/ready") else {
+            panic!("HEAD /ready is a readiness request");
+        };
+        let Answer::Reply(reply) = service.ready(head, Parts::default()) else {
+            panic!("answered inline");
+        };
+        assert!(reply.head);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registered_name_is_refused_the_second_time() {
+        let service = service(Details::Always);
+        service
+            .add(check("db", counted(Duration::ZERO, 1.0).0))
+            .unwrap();
+        let again = service.add(check("db", counted(Duration::ZERO, 1.0).0));
+        assert!(again.unwrap_err().contains("already registered"));
+        assert_eq!(service.subsystem_names(), ["db"]);
+    }
+
+    #[test]
+    fn details_modes_parse_or_explain() {
+        assert_eq!(Details::parse("always", None), Ok(Details::Always));
+        assert_eq!(
+            Details::parse("token", Some("t".into())),
+            Ok(Details::Token("t".into()))
+        );
+        assert!(Details::parse("token", Some(String::new())).is_err());
+        assert!(Details::parse("sometimes", None)
+            .unwrap_err()
+            .contains("sometimes"));
+    }
+}
