@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 
 use crate::access_log::{self, AccessLog};
 use crate::cache::{Lookup, Refresh, TtlCache};
-use crate::checks::{start_round, Report, Subsystem};
+use crate::checks::{start_round, FnProbe, Policy, Report, Subsystem};
 use crate::render::{self, Body, Format, View};
 use crate::routes::{bearer_matches, route, Endpoint, Query, Route};
 use crate::subsystems::Phoenix;
@@ -56,6 +56,29 @@ impl Details {
             Self::Always => true,
             Self::Never => false,
             Self::Token(token) => bearer_matches(authorization, token),
+        }
+    }
+}
+
+/// A check's options as a user gives them; `Service::policy` validates them.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOptions {
+    pub threshold: f64,
+    pub warn_threshold: Option<f64>,
+    /// The service's `check_timeout` when `None`.
+    pub timeout_ms: Option<u64>,
+    pub interval_ms: Option<u64>,
+    pub failures_before_unready: u32,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 0.0,
+            warn_threshold: None,
+            timeout_ms: None,
+            interval_ms: None,
+            failures_before_unready: 1,
         }
     }
 }
@@ -267,6 +290,46 @@ impl Service {
         Ok(())
     }
 
+    /// The policy for `options`, or why they are invalid.
+    pub fn policy(&self, options: &CheckOptions) -> Result<Policy, String> {
+        let CheckOptions {
+            threshold,
+            warn_threshold,
+            timeout_ms,
+            interval_ms,
+            failures_before_unready,
+        } = *options;
+        if !threshold.is_finite() {
+            return Err("threshold must be a finite number".to_owned());
+        }
+        let positive = |ms: Option<u64>, what: &str| match ms {
+            Some(0) => Err(format!("{what} must be positive")),
+            ms => Ok(ms.map(Duration::from_millis)),
+        };
+        let timeout = positive(timeout_ms, "timeout_ms")?.unwrap_or(self.check_timeout);
+        let mut policy = Policy::new(threshold, timeout);
+        policy.interval = positive(interval_ms, "interval_ms")?;
+        if let Some(warn) = warn_threshold {
+            if !warn.is_finite() || warn < threshold {
+                return Err("warn_threshold must be a finite number not below threshold".to_owned());
+            }
+            policy.warn_threshold = Some(warn);
+        }
+        if failures_before_unready == 0 {
+            return Err("failures_before_unready must be at least 1".to_owned());
+        }
+        policy.failures_before_unready = failures_before_unready;
+        Ok(policy)
+    }
+
+    /// Adds a native check that always passes, like Kubernetes' `ping` check: proof that the core
+    /// answers, a placeholder while a real check is written, and a baseline for benchmarks.
+    pub fn add_ping(&self, name: String) -> Result<(), String> {
+        let probe = FnProbe(|| futures::future::ready(Ok(1.0)));
+        let policy = self.policy(&CheckOptions::default())?;
+        self.add(Subsystem::new(name, "ping", policy, Box::new(probe)))
+    }
+
     /// Adds the Phoenix kernel's native subsystems over `data_dir`. Nothing touches the disk until
     /// `start`.
     pub fn add_phoenix(&self, data_dir: &Path) -> Result<Arc<Phoenix>, String> {
@@ -334,8 +397,9 @@ impl Service {
         self.ready.clear();
     }
 
-    pub fn details(&self) -> Arc<Details> {
-        self.details.load_full()
+    /// Whether readiness answers depend on the `Authorization` header (so a binding reads it).
+    pub fn reads_authorization(&self) -> bool {
+        matches!(**self.details.load(), Details::Token(_))
     }
 
     /// From now on `/ready` answers 503 `draining`, whatever the checks say; everything else is served
@@ -613,7 +677,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::{CheckResult, FnProbe, Policy, Probe};
+    use crate::checks::{CheckResult, Probe};
     use std::sync::atomic::AtomicUsize;
 
     const TTL: Duration = Duration::from_millis(100);
@@ -879,6 +943,53 @@ mod tests {
         let again = service.add(check("db", counted(Duration::ZERO, 1.0).0));
         assert!(again.unwrap_err().contains("already registered"));
         assert_eq!(service.subsystem_names(), ["db"]);
+    }
+
+    #[tokio::test]
+    async fn check_options_are_validated() {
+        let service = service(Details::Always);
+        let policy = |options| service.policy(&options);
+        let base = CheckOptions::default();
+        assert_eq!(policy(base).unwrap().timeout, Duration::from_millis(500));
+        for (bad, why) in [
+            (
+                CheckOptions {
+                    threshold: f64::NAN,
+                    ..base
+                },
+                "threshold",
+            ),
+            (
+                CheckOptions {
+                    timeout_ms: Some(0),
+                    ..base
+                },
+                "timeout_ms",
+            ),
+            (
+                CheckOptions {
+                    interval_ms: Some(0),
+                    ..base
+                },
+                "interval_ms",
+            ),
+            (
+                CheckOptions {
+                    warn_threshold: Some(-1.0),
+                    ..base
+                },
+                "warn_threshold",
+            ),
+            (
+                CheckOptions {
+                    failures_before_unready: 0,
+                    ..base
+                },
+                "failures_before_unready",
+            ),
+        ] {
+            assert!(policy(bad).unwrap_err().contains(why), "{why}");
+        }
     }
 
     #[test]
