@@ -34,13 +34,15 @@ test-rust:
 test-python: develop
 	pytest -q
 
-lint: deps
+# stubtest checks _core.pyi against the built extension, so lint builds it first.
+lint: develop
 	cargo fmt --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo clippy -q --features python -- -D warnings
 	ruff check python tests benches
 	ruff format --check python tests benches
 	mypy
+	python -m mypy.stubtest phoenix._core --allowlist tests/stubtest-allowlist.txt
 
 fmt: deps
 	cargo fmt

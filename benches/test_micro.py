@@ -61,7 +61,7 @@ class Core(Protocol):
 def make_core(impl: str, *, health_ttl_ms: int = 100, ready_ttl_ms: int = 100, pings: int = 0) -> Core:
     core: Core
     if impl == "phoenix":
-        core = _core.Core(health_ttl_ms, ready_ttl_ms)
+        core = _core.Core(health_ttl_ms, ready_ttl_ms, 500, "always", None)
     else:
         core = PurePythonCore(health_ttl_ms, ready_ttl_ms)
     for i in range(pings):
@@ -182,15 +182,16 @@ def test_cache_hit_ready(benchmark: Any, loop: asyncio.AbstractEventLoop, impl: 
 @pytest.mark.benchmark(group="single-flight-miss")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_single_flight_miss(benchmark: Any, loop: asyncio.AbstractEventLoop, impl: str) -> None:
-    """One ``GET /ready`` at a cold cache, start to answer: ``route`` starts the refresh (one round of 3
-    native pings, rendered) and answers ``None``; the request awaits the round's future and is answered
-    by ``route_latest`` with its result, through one ``run_until_complete``.
+    """One ``GET /ready`` at a cold cache, start to answer, through one ``run_until_complete``: ``route``
+    starts the refresh (one round of 3 native pings, rendered). The baseline answers ``None`` and the
+    request awaits the round's future, then is answered by ``route_latest``; Phoenix's pings answer at
+    once, so its round completes inside ``route``, which answers with it.
 
     One core with ``ready_ttl_ms=0``, so every request misses: each entry is born stale, with no stale
     window, and only a request starts a round, so each runs its own from the start and nothing runs
     between requests. That is the miss a serving kernel takes, with no untimed setup; a new core per
-    request would also time a Phoenix core's costlier first round (see ``cold_core``). Every request
-    waits (``extra_info["waited"]``) and gets a new entry.
+    request would also time a Phoenix core's costlier first round (see ``cold_core``). Every request gets
+    a new entry; ``extra_info["waited"]`` is the share that had to wait.
     """
     benchmark.extra_info["lib"] = impl
     core = make_core(impl, ready_ttl_ms=0, pings=3)
@@ -203,12 +204,8 @@ def test_single_flight_miss(benchmark: Any, loop: asyncio.AbstractEventLoop, imp
     benchmark.pedantic(request, rounds=2000, warmup_rounds=100)
 
     benchmark.extra_info["waited"] = tally.waited / tally.requests
-    every_one_waited = tally.waited == tally.requests
     a_new_round_each = len({id(r) for r in responses}) == len(responses)
-    record(
-        benchmark,
-        every_one_waited and a_new_round_each and all(is_ready_response(r, 3) for r in responses),
-    )
+    record(benchmark, a_new_round_each and all(is_ready_response(r, 3) for r in responses))
 
 
 @pytest.mark.benchmark(group=f"single-flight-miss-{CONCURRENT}")

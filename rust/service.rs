@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 
 use crate::access_log::{self, AccessLog};
-use crate::cache::{Lookup, Refresh, TtlCache};
+use crate::cache::{Entry, Lookup, Refresh, TtlCache};
 use crate::checks::{start_round, FnProbe, Policy, Report, Subsystem};
 use crate::render::{self, Body, Format, View};
 use crate::routes::{bearer_matches, route, Endpoint, Query, Route};
@@ -453,7 +453,10 @@ impl Service {
         {
             return Answer::Reply(hit);
         }
-        self.refresh_ready();
+        // A round that completed inline was this request's own: its answer, however short the TTL.
+        if let Some(entry) = self.refresh_ready() {
+            return Answer::Reply(self.ready_reply(&entry.value, &request));
+        }
         match self.ready.lookup() {
             Lookup::Fresh(entry) | Lookup::Stale(entry) => {
                 Answer::Reply(self.ready_reply(&entry.value, &request))
@@ -590,39 +593,45 @@ impl Service {
         self.round.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a round now, unless one is in flight or the entry has just been refreshed.
-    fn refresh_ready(self: &Arc<Self>) {
-        let Some(refresh) = self.ready.try_begin_refresh() else {
-            return;
-        };
+    /// Starts a round now, unless one is in flight or the entry has just been refreshed. Returns the
+    /// new entry when the round completed inline.
+    fn refresh_ready(self: &Arc<Self>) -> Option<Arc<Entry<ReadyEntry>>> {
+        let refresh = self.ready.try_begin_refresh()?;
         // The round before may have finished between the caller's look and this claim: then the
         // entry is fresh again and another round would answer the same burst twice.
         if self.ready.read_fresh(|_| ()).is_some() {
-            return;
+            return None;
         }
         self.lock_round().in_flight = true;
         let end = RoundEnd(Arc::clone(self));
         match self.run_round() {
-            RoundRun::Done(report) => self.finish_round(refresh, report, end),
+            RoundRun::Done(report) => Some(self.finish_round(refresh, report, end)),
             RoundRun::Running(round) => {
                 let this = Arc::clone(self);
                 (self.runtime)().spawn(async move {
                     let report = round.await;
                     this.finish_round(refresh, report, end);
                 });
+                None
             }
         }
     }
 
-    fn finish_round(&self, refresh: Refresh<ReadyEntry>, report: Report, end: RoundEnd) {
-        refresh.finish(self.ready_entry(report));
+    fn finish_round(
+        &self,
+        refresh: Refresh<ReadyEntry>,
+        report: Report,
+        end: RoundEnd,
+    ) -> Arc<Entry<ReadyEntry>> {
+        let entry = refresh.finish(self.ready_entry(report));
         drop(end);
+        entry
     }
 
     /// Starts a round if there has never been one (a caller about to wait for it).
     pub fn ensure_round(self: &Arc<Self>) {
         if self.ready.newest().is_none() {
-            self.refresh_ready();
+            let _ = self.refresh_ready();
         }
     }
 
@@ -773,6 +782,24 @@ mod tests {
         assert_eq!(reply.status(), 200);
         assert_eq!(json(&reply)["subsystems"]["db"]["status"], "pass");
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_ttl_of_zero_each_request_is_answered_by_its_own_inline_round() {
+        let rt = Handle::current();
+        let settings = Settings {
+            health_ttl: TTL,
+            ready_ttl: Duration::ZERO,
+            check_timeout: Duration::from_millis(500),
+            details: Details::Always,
+        };
+        let service = Service::new(settings, move || rt.clone());
+        let (probe, runs) = counted(Duration::ZERO, 1.0);
+        service.add(check("db", probe)).unwrap();
+        let first = get(&service, "/ready", Parts::default()).expect("answered inline");
+        let second = get(&service, "/ready", Parts::default()).expect("answered inline");
+        assert!(!Arc::ptr_eq(&first.response, &second.response));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
