@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
@@ -50,12 +50,53 @@ impl Details {
             )),
         }
     }
+}
+
+/// The policy in force, read on every readiness request: the mode is one atomic load, and only token
+/// mode looks further.
+struct DetailsPolicy {
+    mode: AtomicU8,
+    token: Mutex<String>,
+}
+
+impl DetailsPolicy {
+    const ALWAYS: u8 = 0;
+    const NEVER: u8 = 1;
+    const TOKEN: u8 = 2;
+
+    fn new(details: Details) -> Self {
+        let policy = Self {
+            mode: AtomicU8::new(Self::ALWAYS),
+            token: Mutex::new(String::new()),
+        };
+        policy.set(details);
+        policy
+    }
+
+    fn set(&self, details: Details) {
+        let mode = match details {
+            Details::Always => Self::ALWAYS,
+            Details::Never => Self::NEVER,
+            Details::Token(token) => {
+                *self.token.lock().unwrap_or_else(PoisonError::into_inner) = token;
+                Self::TOKEN
+            }
+        };
+        self.mode.store(mode, Ordering::Release);
+    }
+
+    fn mode(&self) -> u8 {
+        self.mode.load(Ordering::Acquire)
+    }
 
     fn shown_to(&self, authorization: Option<&str>) -> bool {
-        match self {
-            Self::Always => true,
-            Self::Never => false,
-            Self::Token(token) => bearer_matches(authorization, token),
+        match self.mode() {
+            Self::ALWAYS => true,
+            Self::TOKEN => {
+                let token = self.token.lock().unwrap_or_else(PoisonError::into_inner);
+                bearer_matches(authorization, &token)
+            }
+            _ => false,
         }
     }
 }
@@ -216,7 +257,7 @@ pub struct Service {
     ready: Arc<TtlCache<ReadyEntry>>,
     subsystems: ArcSwap<Vec<Arc<Subsystem>>>,
     check_timeout: Duration,
-    details: ArcSwap<Details>,
+    details: DetailsPolicy,
     phoenix: OnceLock<Arc<Phoenix>>,
     running: AtomicBool,
     draining: AtomicBool,
@@ -250,7 +291,7 @@ impl Service {
             ready: Arc::new(TtlCache::new(ready_ttl, ready_ttl)),
             subsystems: ArcSwap::from_pointee(Vec::new()),
             check_timeout,
-            details: ArcSwap::from_pointee(details),
+            details: DetailsPolicy::new(details),
             phoenix: OnceLock::new(),
             running: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -392,14 +433,14 @@ impl Service {
     // --- Policy ------------------------------------------------------------------------------------
 
     pub fn set_details(&self, details: Details) {
-        self.details.store(Arc::new(details));
+        self.details.set(details);
         // Entries rendered for the old policy may lack the status-only answer: render afresh.
         self.ready.clear();
     }
 
     /// Whether readiness answers depend on the `Authorization` header (so a binding reads it).
     pub fn reads_authorization(&self) -> bool {
-        matches!(**self.details.load(), Details::Token(_))
+        self.details.mode() == DetailsPolicy::TOKEN
     }
 
     /// From now on `/ready` answers 503 `draining`, whatever the checks say; everything else is served
@@ -530,7 +571,7 @@ impl Service {
             return Err(self.error(400));
         }
         let format = query.format(parts.accept);
-        let details = self.details.load().shown_to(parts.authorization);
+        let details = self.details.shown_to(parts.authorization);
         Ok(ReadyRequest {
             one: readiness.one,
             head: readiness.head,
@@ -576,10 +617,8 @@ impl Service {
     fn ready_entry(&self, report: Report) -> ReadyEntry {
         let full = Response::new(render::ready(&report, &View::FULL_JSON));
         // With details always shown, every caller gets `full`; nothing else to render.
-        let public = match **self.details.load() {
-            Details::Always => None,
-            _ => Some(Response::new(render::ready(&report, &View::PUBLIC_JSON))),
-        };
+        let public = (self.details.mode() != DetailsPolicy::ALWAYS)
+            .then(|| Response::new(render::ready(&report, &View::PUBLIC_JSON)));
         ReadyEntry {
             report,
             public,

@@ -15,6 +15,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tokio::runtime::Runtime;
 
@@ -72,41 +73,34 @@ struct PyResponse {
 }
 
 /// The header lists, built once and shared by every response of their kind.
-struct Headers {
-    json: Py<PyList>,
-    health_json: Py<PyList>,
-    text: Py<PyList>,
-    not_allowed: Py<PyList>,
-}
+struct Headers([Py<PyList>; 4]);
 
 impl Headers {
     fn new(py: Python<'_>) -> PyResult<Self> {
         let list = |pairs: &[(&str, &str)]| PyList::new(py, pairs).map(Bound::unbind);
-        Ok(Self {
-            json: list(&[("content-type", render::JSON)])?,
-            health_json: list(&[("content-type", render::HEALTH_JSON)])?,
-            text: list(&[("content-type", render::TEXT)])?,
-            not_allowed: list(&[("content-type", render::JSON), ("allow", ALLOWED_METHODS)])?,
-        })
+        Ok(Self([
+            list(&[("content-type", render::JSON)])?,
+            list(&[("content-type", render::HEALTH_JSON)])?,
+            list(&[("content-type", render::TEXT)])?,
+            list(&[("content-type", render::JSON), ("allow", ALLOWED_METHODS)])?,
+        ]))
     }
 
     fn python(&self, py: Python<'_>, body: &Body) -> PyResult<PyResponse> {
-        let headers = match (body.status, body.content_type) {
-            (405, _) => &self.not_allowed,
-            (_, render::HEALTH_JSON) => &self.health_json,
-            (_, render::TEXT) => &self.text,
-            _ => &self.json,
+        let kind = match (body.status, body.content_type) {
+            (405, _) => 3,
+            (_, render::HEALTH_JSON) => 1,
+            (_, render::TEXT) => 2,
+            _ => 0,
         };
         let tuple = |bytes: &[u8]| {
-            PyTuple::new(
-                py,
-                [
-                    body.status.into_pyobject(py)?.into_any(),
-                    headers.bind(py).clone().into_any(),
-                    PyBytes::new(py, bytes).into_any(),
-                ],
-            )
-            .map(Bound::unbind)
+            let status = body.status.into_pyobject(py)?.into_any();
+            let items = [
+                status,
+                self.0[kind].bind(py).clone().into_any(),
+                PyBytes::new(py, bytes).into_any(),
+            ];
+            PyTuple::new(py, items).map(Bound::unbind)
         };
         Ok(PyResponse {
             get: tuple(&body.bytes)?,
@@ -115,11 +109,18 @@ impl Headers {
     }
 }
 
+/// What `route` answers: a response, or `None` when the caller must wait for the round in flight.
+type Routing = PyResult<Option<Py<PyTuple>>>;
+
 /// The loops with requests waiting for the round in flight, each with the one future they share.
 type Waiting = Mutex<Vec<(Py<PyAny>, Py<PyAny>)>>;
 
 fn wake_all(py: Python<'_>, waiting: &Waiting) {
-    let waiters = std::mem::take(&mut *waiting.lock().unwrap_or_else(PoisonError::into_inner));
+    let waiters = std::mem::take(
+        &mut *waiting
+            .lock_py_attached(py)
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     for (event_loop, future) in waiters {
         bridge::settle_later(py, &event_loop, &future, Ok(py.None()));
     }
@@ -156,7 +157,7 @@ impl Core {
     ) -> PyResult<R> {
         let py = scope.py();
         let query = scope.getattr(intern!(py, "query_string"))?;
-        let query = query.cast::<PyString>()?.to_string_lossy();
+        let query = query.cast::<PyString>()?.to_cow()?;
         let headers = scope.getattr(intern!(py, "headers"))?;
         // A header that is absent, or not text Rust can read, counts as absent.
         let header = |name: &Bound<'py, PyString>| -> Option<Bound<'py, PyString>> {
@@ -222,13 +223,7 @@ impl Core {
 
     /// Answers a request: a `(status, headers, body)` tuple, or `None` when a readiness answer has
     /// nothing servable yet: the caller then awaits `ready_round()` and asks `route_latest`.
-    fn route(
-        &self,
-        py: Python<'_>,
-        method: &str,
-        path: &str,
-        scope: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<Py<PyTuple>>> {
+    fn route(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Routing {
         let readiness = match self.service.route(method, path) {
             Routed::Reply(reply) => return self.python(py, &reply).map(Some),
             Routed::Readiness(readiness) => readiness,
@@ -240,13 +235,7 @@ impl Core {
     }
 
     /// `route`, plus the request-log line for every answer it gives (the served RSGI path).
-    fn serve(
-        &self,
-        py: Python<'_>,
-        method: &str,
-        path: &str,
-        scope: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<Py<PyTuple>>> {
+    fn serve(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Routing {
         let started = Instant::now();
         let answer = self.route(py, method, path, scope)?;
         if let Some(response) = &answer {
@@ -262,23 +251,18 @@ impl Core {
     fn ready_round(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.service.ensure_round();
         let event_loop = bridge::running_loop(py)?;
-        let shared = |waiting: &Vec<(Py<PyAny>, Py<PyAny>)>| {
-            let (_, future) = waiting.iter().find(|(l, _)| l.is(&event_loop))?;
-            Some(future.clone_ref(py))
-        };
-        let lock = || self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(future) = shared(&lock()) {
-            return Ok(future);
+        // Held while Python runs (create_future), so taken releasing the GIL while it waits.
+        let mut waiting = self
+            .waiting
+            .lock_py_attached(py)
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, future)) = waiting.iter().find(|(l, _)| l.is(&event_loop)) {
+            return Ok(future.clone_ref(py));
         }
         let future = event_loop.call_method0("create_future")?.unbind();
-        let first = {
-            let mut waiting = lock();
-            if let Some(future) = shared(&waiting) {
-                return Ok(future);
-            }
-            waiting.push((event_loop.unbind(), future.clone_ref(py)));
-            waiting.len() == 1
-        };
+        waiting.push((event_loop.unbind(), future.clone_ref(py)));
+        let first = waiting.len() == 1;
+        drop(waiting);
         if first {
             let waiting = Arc::clone(&self.waiting);
             let wake = move || bridge::submit(move |py| wake_all(py, &waiting));

@@ -11,19 +11,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::{StoreError, StoreUnavailable};
-use crate::subsystems::Phoenix;
+use crate::subsystems::{plastic_ltm, Phoenix};
 
-pub fn with_store<T>(
+/// Runs `work` on the store with the GIL released.
+fn with_store<T: Send>(
     py: Python<'_>,
     phoenix: &Phoenix,
-    work: impl FnOnce(
-            &crate::subsystems::plastic_ltm::PlasticLtm,
-        ) -> Result<T, crate::subsystems::plastic_ltm::LtmError>
-        + Send,
-) -> PyResult<T>
-where
-    T: Send,
-{
+    work: impl FnOnce(&plastic_ltm::PlasticLtm) -> Result<T, plastic_ltm::LtmError> + Send,
+) -> PyResult<T> {
     py.detach(|| match phoenix.memory() {
         Ok(store) => work(store).map_err(|e| StoreError::new_err(e.to_string())),
         Err(why) => Err(StoreUnavailable::new_err(format!(
@@ -74,9 +69,7 @@ impl PlasticLtm {
 
     #[getter]
     fn path(&self) -> PathBuf {
-        self.0
-            .data_dir()
-            .join(crate::subsystems::plastic_ltm::FILE_NAME)
+        self.0.data_dir().join(plastic_ltm::FILE_NAME)
     }
 }
 
