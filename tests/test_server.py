@@ -242,6 +242,7 @@ def test_malformed_axioms_file_is_logged_by_name_and_service_runs(serve: Any, tm
     assert response.status == 503
     assert response.json()["missing"] == ["triune_conscience"]
     assert server.request("/health").status == 200
+    wait_until(lambda: str(axioms) in server.logs(), what="the axioms file named in the log")
     log_lines = [line for line in server.logs().splitlines() if str(axioms) in line]
     assert len(log_lines) == 1, server.logs()
     assert "invalid JSON" in log_lines[0]
