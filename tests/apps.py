@@ -228,3 +228,99 @@ def private() -> Kernel:
     kernel = Kernel(details="never")
     kernel.add_ping()
     return kernel
+
+
+# Apps for tests that check ordering instead of time: each records what happened, in order, to
+# `$PHOENIX_TEST_RUNS`, so that a test asserts the order of events rather than how long they took.
+
+_ALL_STARTED_WAIT_S = 5.0
+
+
+def three_async_overlapping() -> Kernel:
+    """Three async checks that each record their start, then wait (up to 5 s) until all three have
+    started before recording their end: run one after another, the first one fails."""
+    kernel = Kernel(ready_ttl_ms=60_000)
+    started: set[str] = set()
+
+    def make(name: str) -> None:
+        async def check() -> float:
+            _record(f"start:{name}")
+            started.add(name)
+            deadline = time.monotonic() + _ALL_STARTED_WAIT_S
+            while len(started) < 3:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {sorted(started)} started")
+                await asyncio.sleep(0.005)
+            _record(f"end:{name}")
+            return 1.0
+
+        kernel.subsystem(name, threshold=0.5, timeout_ms=30_000)(check)
+
+    for i in range(3):
+        make(f"async{i}")
+    return kernel
+
+
+def three_sync_overlapping() -> Kernel:
+    """The same with plain functions (run in threads): they meet at a barrier."""
+    kernel = Kernel(ready_ttl_ms=60_000)
+    all_started = threading.Barrier(3, timeout=_ALL_STARTED_WAIT_S)
+
+    def make(name: str) -> None:
+        def check() -> float:
+            _record(f"start:{name}")
+            all_started.wait()  # BrokenBarrierError, reported as the check's failure, if alone
+            _record(f"end:{name}")
+            return 1.0
+
+        kernel.subsystem(name, threshold=0.5, timeout_ms=30_000)(check)
+
+    for i in range(3):
+        make(f"sync{i}")
+    return kernel
+
+
+def hung_counted() -> Kernel:
+    """Like `hung`, with every start of a hung check recorded: a pending run must not be started again."""
+    kernel = Kernel(ready_ttl_ms=0, request_log=False)
+    never = threading.Event()
+
+    @kernel.subsystem("hung_async", threshold=0.5, timeout_ms=200)
+    async def hung_async() -> float:
+        _record("hung_async")
+        await asyncio.Event().wait()
+        return 1.0
+
+    @kernel.subsystem("hung_sync", threshold=0.5, timeout_ms=200)
+    def hung_sync() -> float:
+        _record("hung_sync")
+        never.wait()
+        return 1.0
+
+    @kernel.subsystem("fine", threshold=0.5, timeout_ms=200)
+    def fine() -> bool:
+        return True
+
+    return kernel
+
+
+def gated() -> Kernel:
+    """One check that records its start, then holds its round until the file `$PHOENIX_TEST_GATE`
+    exists: the test decides when a request in flight may finish."""
+    kernel = Kernel()
+    gate = os.environ.get("PHOENIX_TEST_GATE", "")
+
+    @kernel.subsystem("gated", threshold=0.5, timeout_ms=120_000)
+    def gated_check() -> float:
+        _record("gated")
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+        return 1.0
+
+    return kernel
+
+
+def non_ascii_name() -> Kernel:
+    kernel = Kernel()
+    kernel.add_ping("café")
+    return kernel

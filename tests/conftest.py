@@ -5,20 +5,40 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30.0
+# Only bounds a wait for something that must happen: generous, since the machine may be busy.
+CONDITION_TIMEOUT_S = 30.0
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T | None], timeout: float = CONDITION_TIMEOUT_S, *, what: str = "a condition"
+) -> T:
+    """Polls ``condition`` until it returns something truthy, and returns that. The deadline only
+    bounds the wait: reaching it means the condition never came true, and fails the test saying so."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"gave up after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.02)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +69,19 @@ class Response:
         import json
 
         return json.loads(self.body)
+
+
+def assert_json_error(response: Response, code: int, reason: str | None = None) -> None:
+    """``response`` is Phoenix's JSON error: ``{"error": ..., "code": ..., "timestamp": ...}``."""
+    assert response.status == code, (response.status, response.body)
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body["error"], str), body
+    assert body["error"], body
+    if reason is not None:
+        assert body["error"] == reason
+    assert body["code"] == code
+    assert RFC3339_UTC.match(body["timestamp"]), body
 
 
 @dataclass
@@ -82,6 +115,13 @@ class Server:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         return [int(pid) for pid in children]
 
+    def exit_status(self, timeout: float = CONDITION_TIMEOUT_S) -> int:
+        """Waits for the server to exit on its own; the timeout only bounds the wait."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server was still running after {timeout:.0f} s") from None
+
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, as an orchestrator would; the whole process group is killed if that fails."""
         if self.proc.poll() is None:
@@ -91,6 +131,16 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait()
+
+
+def wait_for_answer(server: Server, path: str, wanted: Callable[[Response], bool], what: str) -> Response:
+    """Requests ``path`` until an answer is ``wanted``, and returns that answer."""
+
+    def answer() -> Response | None:
+        response = server.request(path)
+        return response if wanted(response) else None
+
+    return wait_until(answer, what=what)
 
 
 def wait_until_serving(server: Server, path: str = "/health", any_status: bool = False) -> None:
