@@ -212,6 +212,22 @@ enum Details {
     Token(String),
 }
 
+impl Details {
+    fn parse(details: &str, token: Option<String>) -> PyResult<Self> {
+        match (details, token) {
+            ("always", _) => Ok(Details::Always),
+            ("never", _) => Ok(Details::Never),
+            ("token", Some(token)) if !token.is_empty() => Ok(Details::Token(token)),
+            ("token", _) => Err(PyValueError::new_err(
+                "details = \"token\" needs a non-empty token",
+            )),
+            (other, _) => Err(PyValueError::new_err(format!(
+                "details must be \"always\", \"never\" or \"token\", not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// One round's report with its two common answers rendered up front: the hot path serves them as is.
 struct ReadyEntry {
     report: Report,
@@ -291,7 +307,8 @@ struct Inner {
     ready: Arc<TtlCache<ReadyEntry>>,
     subsystems: ArcSwap<Vec<Arc<Subsystem>>>,
     check_timeout: Duration,
-    details: Details,
+    /// Swappable: a server settles an unset mode once it knows the address it serves on.
+    details: ArcSwap<Details>,
     phoenix: OnceLock<Arc<Phoenix>>,
     /// The event loop that `async def` checks run on.
     event_loop: Arc<ArcSwapOption<TaskLocals>>,
@@ -340,7 +357,7 @@ impl Inner {
     }
 
     fn shows_details(&self, authorization: Option<&str>) -> bool {
-        match &self.details {
+        match &**self.details.load() {
             Details::Always => true,
             Details::Never => false,
             Details::Token(token) => bearer_matches(authorization, token),
@@ -371,7 +388,7 @@ impl Inner {
         };
         let accept = header(intern!(py, "accept"))?;
         let format = query.format(accept.as_ref().map(|v| v.to_str()).transpose()?);
-        let details = match self.details {
+        let details = match **self.details.load() {
             Details::Token(_) => {
                 let authorization = header(intern!(py, "authorization"))?;
                 self.shows_details(authorization.as_ref().map(|v| v.to_str()).transpose()?)
@@ -390,7 +407,7 @@ impl Inner {
     fn ready_entry(&self, report: Report) -> ReadyEntry {
         let full = Rendered::new(render::ready(&report, &View::FULL_JSON));
         // With details always shown, every caller gets `full`; nothing else to render.
-        let public = match self.details {
+        let public = match **self.details.load() {
             Details::Always => None,
             _ => Some(Rendered::new(render::ready(&report, &View::PUBLIC_JSON))),
         };
@@ -443,7 +460,11 @@ impl Inner {
             None if view.format == Format::Json && view.exclude.is_empty() => {
                 let common = match (&entry.public, view.details) {
                     (Some(public), false) => public,
-                    _ => &entry.full,
+                    (_, true) => &entry.full,
+                    // Rendered for everyone before details were turned off (`set_details`).
+                    (None, false) => {
+                        &Rendered::new(render::ready(&entry.report, &View::PUBLIC_JSON))
+                    }
                 };
                 return common.response(py, &self.headers, request.head);
             }
@@ -551,7 +572,7 @@ struct Core(Arc<Inner>);
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (health_ttl_ms = 100, ready_ttl_ms = 100, check_timeout_ms = 500, details = "always", token = None))]
+    #[pyo3(signature = (health_ttl_ms, ready_ttl_ms, check_timeout_ms, details, token))]
     fn new(
         py: Python<'_>,
         health_ttl_ms: u64,
@@ -563,21 +584,7 @@ impl Core {
         if check_timeout_ms == 0 {
             return Err(PyValueError::new_err("check_timeout_ms must be positive"));
         }
-        let details = match (details, token) {
-            ("always", _) => Details::Always,
-            ("never", _) => Details::Never,
-            ("token", Some(token)) if !token.is_empty() => Details::Token(token),
-            ("token", _) => {
-                return Err(PyValueError::new_err(
-                    "details = \"token\" needs a non-empty token",
-                ))
-            }
-            (other, _) => {
-                return Err(PyValueError::new_err(format!(
-                    "details must be \"always\", \"never\" or \"token\", not {other:?}"
-                )))
-            }
-        };
+        let details = Details::parse(details, token)?;
         let ttl = Duration::from_millis;
         let fixed = |body: Body| Rendered::new(body);
         let inner = Inner {
@@ -588,7 +595,7 @@ impl Core {
             ready: Arc::new(TtlCache::new(ttl(ready_ttl_ms), ttl(ready_ttl_ms))),
             subsystems: ArcSwap::from_pointee(Vec::new()),
             check_timeout: ttl(check_timeout_ms),
-            details,
+            details: ArcSwap::from_pointee(details),
             phoenix: OnceLock::new(),
             event_loop: Arc::new(ArcSwapOption::empty()),
             running: AtomicBool::new(false),
@@ -692,6 +699,15 @@ impl Core {
             // Only if a round was abandoned before it ever produced a result.
             None => Ok(self.0.error(py, 503)),
         }
+    }
+
+    /// Who sees subsystems, metrics and errors from now on: `"always"`, `"never"` or `"token"`.
+    #[pyo3(signature = (details, token))]
+    fn set_details(&self, details: &str, token: Option<String>) -> PyResult<()> {
+        self.0
+            .details
+            .store(Arc::new(Details::parse(details, token)?));
+        Ok(())
     }
 
     /// From now on `/ready` answers 503 `draining`, whatever the checks say; everything else is served

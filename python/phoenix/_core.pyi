@@ -25,12 +25,13 @@ class Request(Protocol):
 class Core:
     def __init__(
         self,
-        health_ttl_ms: int = 100,
-        ready_ttl_ms: int = 100,
-        check_timeout_ms: int = 500,
-        details: str = "always",
-        token: str | None = None,
+        health_ttl_ms: int,
+        ready_ttl_ms: int,
+        check_timeout_ms: int,
+        details: str,
+        token: str | None,
     ) -> None: ...
+    def set_details(self, details: str, token: str | None) -> None: ...
     def route(self, method: str, path: str, scope: Request) -> Response | None: ...
     def serve(self, method: str, path: str, scope: Request) -> Response | None: ...
     def ready_round(self) -> asyncio.Future[None]: ...
