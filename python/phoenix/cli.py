@@ -1,8 +1,9 @@
 """``phoenix serve`` and ``phoenix check``.
 
 Bad configuration is one line on stderr and exit status 2, before anything starts. ``serve`` resolves the
-configuration once, in the parent, and hands it to Granian's worker processes through ``PHOENIX_*``
-variables, which the workers read back with the same loader.
+configuration once, in the parent, and hands it to Granian's worker processes as the argument of their
+kernel loader (inherited when workers are forked, pickled through multiprocessing's pipe when spawned), not
+through their environment.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib
 import ipaddress
 import json
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CONFIG_ENV_VAR, KEYS, ConfigError, Settings, load_settings
+from .config import KEYS, ConfigError, Settings, load_settings
 from .kernel import DRAIN_SIGNAL, Kernel, default_kernel
 from .log import configure, dictconfig
 
@@ -68,10 +70,9 @@ def load_kernel(settings: Settings) -> Kernel:
     return target
 
 
-def worker_kernel() -> Kernel:
-    """Granian's factory target, called in each worker process. Serving settings (the request log)
+def worker_kernel(settings: Settings) -> Kernel:
+    """Granian's kernel loader, called in each worker process. Serving settings (the request log)
     apply to whichever kernel is served; the others shape the default kernel only."""
-    settings = load_settings()
     kernel = load_kernel(settings)
     kernel.request_log = settings.request_log
     kernel.shutdown_drain_ms = settings.shutdown_drain_ms
@@ -138,9 +139,6 @@ def _serve(settings: Settings) -> int:
     kernel = load_kernel(settings)  # fail here, with exit status 2, rather than in every worker
     configure(settings.log_level)
     warn_if_details_public(kernel, settings.host)
-    os.environ.update(settings.to_env())
-    # Every key is now explicit in the environment; no file may add to it in the workers.
-    os.environ[CONFIG_ENV_VAR] = os.devnull
     try:
         import uvloop  # noqa: F401
 
@@ -148,8 +146,7 @@ def _serve(settings: Settings) -> int:
     except ImportError:
         loop = Loops.auto
     _draining_server(settings.shutdown_drain_ms / 1000)(
-        "phoenix.cli:worker_kernel",
-        factory=True,
+        "phoenix.cli:worker_kernel",  # named in the process title; the loader below builds the kernel
         address=settings.host,
         port=settings.port,
         interface=Interfaces.RSGI,
@@ -159,7 +156,7 @@ def _serve(settings: Settings) -> int:
         websockets=False,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=dictconfig(settings.log_level, base=LOGGING_CONFIG),
-    ).serve()
+    ).serve(target_loader=functools.partial(worker_kernel, settings), wrap_loader=False)
     return 0
 
 
