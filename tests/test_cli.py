@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import phoenix_env
+from .conftest import Server, free_port, phoenix_env, wait_until_serving
 
 
 def phoenix(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,3 +106,73 @@ def test_public_details_on_a_non_loopback_host_are_warned_about(caplog: pytest.L
     (record,) = caplog.records
     assert "0.0.0.0" in record.getMessage()
     assert "details = 'always'" in record.getMessage()
+
+
+# --- the settings a served kernel runs with ----------------------------------------------------------
+
+
+def _serve_app(tmp_path: Path, source: str, *args: str, **env: str) -> Server:
+    """``phoenix serve --app app:kernel`` for an app module written to ``tmp_path``, with only the
+    ``PHOENIX_*`` variables given here (not even the test suite's drain of 0 ms)."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(source))
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "phoenix", "serve", "--app", "app:kernel", "--port", str(port), *args]
+    base = {k: v for k, v in phoenix_env().items() if not k.startswith("PHOENIX_")}
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**base, **env}, cwd=tmp_path, start_new_session=True
+    )
+    server = Server(proc, port, log_path, tmp_path / "runs.txt", tmp_path / "data", log)
+    _started.append(server)
+    wait_until_serving(server)
+    return server
+
+
+_started: list[Server] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_started_servers() -> Iterator[None]:
+    yield
+    while _started:
+        server = _started.pop()
+        server.stop(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # a worker must never outlive its test
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        server._log.close()
+
+
+DRAIN_800 = """
+    from phoenix import Kernel
+
+    kernel = Kernel(shutdown_drain_ms=800)
+"""
+
+
+@pytest.mark.parametrize(("env", "drained_ms"), [({}, 800), ({"PHOENIX_SHUTDOWN_DRAIN_MS": "300"}, 300)])
+def test_the_kernels_own_drain_holds_unless_configured(
+    tmp_path: Path, env: dict[str, str], drained_ms: int
+) -> None:
+    server = _serve_app(tmp_path, DRAIN_800, **env)
+
+    assert server.stop(timeout=30) == 0, server.logs()
+    assert f"draining for {drained_ms} ms" in server.logs()
+
+
+QUIET = """
+    from phoenix import Kernel
+
+    kernel = Kernel(request_log=False)
+"""
+
+
+@pytest.mark.parametrize(("env", "logged"), [({}, False), ({"PHOENIX_REQUEST_LOG": "true"}, True)])
+def test_the_kernels_own_request_log_holds_unless_configured(
+    tmp_path: Path, env: dict[str, str], logged: bool
+) -> None:
+    server = _serve_app(tmp_path, QUIET, **env)
+    assert server.request("/ready").status == 200
+
+    assert server.stop(timeout=30) == 0, server.logs()
+    assert ("GET /ready 200" in server.logs()) is logged, server.logs()

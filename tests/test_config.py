@@ -75,6 +75,7 @@ def test_defaults_when_no_source_gives_a_value() -> None:
     settings = load_settings(env={})
 
     assert settings == DEFAULTS
+    assert settings.explicit == frozenset()
     assert settings.app is None
     assert settings.host == "127.0.0.1"
     assert settings.port == 5001
@@ -102,7 +103,7 @@ def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_has_one_field_per_key_and_defaults_come_from_the_table() -> None:
     names = [key.name for key in config.KEYS]
 
-    assert [f.name for f in dataclasses.fields(config.Settings)] == names
+    assert [f.name for f in dataclasses.fields(config.Settings)] == [*names, "explicit"]
     assert {name: getattr(DEFAULTS, name) for name in names} == {key.name: key.default for key in config.KEYS}
     assert {key.name: key.env_var for key in config.KEYS}["data_dir"] == "PHOENIX_DATA_DIR"
     assert all(key.help for key in config.KEYS)
@@ -519,7 +520,18 @@ def test_config_error_message_is_forced_onto_one_line() -> None:
     assert str(ConfigError("first\nsecond")) == "first second"
 
 
-# --- hand-off to workers --------------------------------------------------------------
+# --- what a source set, handed to workers --------------------------------------------------------------
+
+
+def test_explicit_names_the_keys_some_source_set(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "port = 1111\n")
+
+    settings = load_settings(
+        cli={"host": "0.0.0.0", "app": None}, env={"PHOENIX_WORKERS": "2"}, config_file=toml
+    )
+
+    assert settings.explicit == {"host", "workers", "port"}
+    assert load_settings(env={"PHOENIX_SHUTDOWN_DRAIN_MS": "5000"}).explicit == {"shutdown_drain_ms"}
 
 
 def test_settings_survive_pickling_for_spawned_workers() -> None:

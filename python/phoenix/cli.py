@@ -70,13 +70,21 @@ def load_kernel(settings: Settings) -> Kernel:
     return target
 
 
-def worker_kernel(settings: Settings) -> Kernel:
-    """Granian's kernel loader, called in each worker process. Serving settings (the request log)
-    apply to whichever kernel is served; the others shape the default kernel only."""
+def served_kernel(settings: Settings) -> Kernel:
+    """The kernel ``phoenix serve`` runs, built once in the parent (to fail early and to learn its drain)
+    and again in each worker. Its own request log and drain hold unless the command line, environment or
+    config file sets them; its other settings shape the default kernel only."""
     kernel = load_kernel(settings)
-    kernel.request_log = settings.request_log
-    kernel.shutdown_drain_ms = settings.shutdown_drain_ms
+    if "request_log" in settings.explicit:
+        kernel.request_log = settings.request_log
+    if "shutdown_drain_ms" in settings.explicit:
+        kernel.shutdown_drain_ms = settings.shutdown_drain_ms
     return kernel
+
+
+def worker_kernel(settings: Settings) -> Kernel:
+    """Granian's kernel loader, called in each worker."""
+    return served_kernel(settings)
 
 
 def _is_loopback(host: str) -> bool:
@@ -136,7 +144,7 @@ def _serve(settings: Settings) -> int:
             "invalid value for workers: the default kernel's store belongs to one process; "
             "use workers = 1, or serve your own --app"
         )
-    kernel = load_kernel(settings)  # fail here, with exit status 2, rather than in every worker
+    kernel = served_kernel(settings)  # fail here, with exit status 2, rather than in every worker
     configure(settings.log_level)
     warn_if_details_public(kernel, settings.host)
     try:
@@ -145,7 +153,7 @@ def _serve(settings: Settings) -> int:
         loop = Loops.uvloop
     except ImportError:
         loop = Loops.auto
-    _draining_server(settings.shutdown_drain_ms / 1000)(
+    _draining_server(kernel.shutdown_drain_ms / 1000)(
         "phoenix.cli:worker_kernel",  # named in the process title; the loader below builds the kernel
         address=settings.host,
         port=settings.port,

@@ -160,11 +160,14 @@ class Settings:
     token: str | None
     shutdown_drain_ms: int
     log_level: str
+    # The keys some source set, rather than left to their defaults: a served kernel's own request log and
+    # drain hold unless one did.
+    explicit: frozenset[str] = frozenset()
 
 
 def _settings(values: Mapping[str, object]) -> Settings:
     resolved = {key.name: values.get(key.name, key.default) for key in KEYS}
-    return Settings(**resolved)  # type: ignore[arg-type]
+    return Settings(**resolved, explicit=frozenset(values))  # type: ignore[arg-type]
 
 
 DEFAULTS: Final = _settings({})
