@@ -98,11 +98,12 @@ def test_public_details_on_a_non_loopback_host_are_warned_about(caplog: pytest.L
     from phoenix.cli import warn_if_details_public
 
     with caplog.at_level("WARNING", logger="phoenix.kernel"):
-        warn_if_details_public(Kernel(), "127.0.0.1")
-        warn_if_details_public(Kernel(), "localhost")
+        warn_if_details_public(Kernel(details="always"), "127.0.0.1")
+        warn_if_details_public(Kernel(details="always"), "localhost")
         warn_if_details_public(Kernel(details="token", token="t"), "0.0.0.0")
+        warn_if_details_public(Kernel(), "0.0.0.0")  # unset: status only there
         assert caplog.records == []
-        warn_if_details_public(Kernel(), "0.0.0.0")
+        warn_if_details_public(Kernel(details="always"), "0.0.0.0")
     (record,) = caplog.records
     assert "0.0.0.0" in record.getMessage()
     assert "details = 'always'" in record.getMessage()
@@ -176,3 +177,50 @@ def test_the_kernels_own_request_log_holds_unless_configured(
 
     assert server.stop(timeout=30) == 0, server.logs()
     assert ("GET /ready 200" in server.logs()) is logged, server.logs()
+
+
+READY_DB = """
+    from phoenix import Kernel
+
+    kernel = Kernel()
+
+    @kernel.subsystem("db", threshold=0.5)
+    def db() -> float:
+        return 0.9
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "details", "full", "line"),
+    [
+        (
+            "127.0.0.1",
+            None,
+            True,
+            "readiness details: full (details unset and serving on 127.0.0.1, loopback)",
+        ),
+        (
+            "0.0.0.0",
+            None,
+            False,
+            "readiness details: status only (details unset and serving on 0.0.0.0, beyond loopback; "
+            'set details = "always" to show them)',
+        ),
+        ("0.0.0.0", "always", True, 'readiness details: full (details = "always")'),
+    ],
+)
+def test_unset_details_are_shown_on_loopback_only(
+    tmp_path: Path, host: str, details: str | None, full: bool, line: str
+) -> None:
+    source = READY_DB if details is None else READY_DB.replace("Kernel()", f"Kernel(details={details!r})")
+    server = _serve_app(tmp_path, source, "--host", host)  # 0.0.0.0 answers on 127.0.0.1 too
+
+    body = server.request("/ready").json()
+
+    if full:
+        assert body["subsystems"]["db"]["metric"] == 0.9
+    else:
+        assert body == {"status": "ready"}
+    assert line in server.logs()
+    warned = "with details = 'always': subsystems, metrics and errors are visible" in server.logs()
+    assert warned is (details == "always" and host == "0.0.0.0")

@@ -85,7 +85,7 @@ def test_defaults_when_no_source_gives_a_value() -> None:
     assert settings.ready_ttl_ms == 100
     assert settings.check_timeout_ms == 500
     assert settings.request_log is True
-    assert settings.details == "always"
+    assert settings.details is None
     assert settings.token is None
     assert settings.shutdown_drain_ms == 5000
     assert settings.log_level == "info"

@@ -83,8 +83,11 @@ def served_kernel(settings: Settings) -> Kernel:
 
 
 def worker_kernel(settings: Settings) -> Kernel:
-    """Granian's kernel loader, called in each worker."""
-    return served_kernel(settings)
+    """Granian's kernel loader, called in each worker: the served kernel, its details settled."""
+    kernel = served_kernel(settings)
+    mode, _start_up_line = details_in_force(kernel, settings.host)  # the parent logs the line
+    kernel.details = mode
+    return kernel
 
 
 def _is_loopback(host: str) -> bool:
@@ -94,6 +97,24 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def details_in_force(kernel: Kernel, host: str) -> tuple[str, str]:
+    """The details mode of ``kernel`` served on ``host``, and the start-up line saying which and why.
+    Unset details are shown on loopback only: beyond it, anyone who can reach the port would see them."""
+    if kernel.details is None and _is_loopback(host):
+        return "always", f"readiness details: full (details unset and serving on {host}, loopback)"
+    if kernel.details is None:
+        return "never", (
+            f"readiness details: status only (details unset and serving on {host}, beyond loopback; "
+            'set details = "always" to show them)'
+        )
+    shown = {
+        "always": "full",
+        "never": "status only",
+        "token": "full with the bearer token, else status only",
+    }
+    return kernel.details, f'readiness details: {shown[kernel.details]} (details = "{kernel.details}")'
 
 
 def warn_if_details_public(kernel: Kernel, host: str) -> None:
@@ -146,6 +167,7 @@ def _serve(settings: Settings) -> int:
         )
     kernel = served_kernel(settings)  # fail here, with exit status 2, rather than in every worker
     configure(settings.log_level)
+    _log.info("%s", details_in_force(kernel, settings.host)[1])
     warn_if_details_public(kernel, settings.host)
     try:
         import uvloop  # noqa: F401

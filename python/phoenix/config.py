@@ -127,9 +127,9 @@ KEYS: Final = (
         help="Default timeout of one subsystem check, in milliseconds."),
     Key("request_log", True, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
         help="Log method, path, status and latency of each request to the 'phoenix.api' logger."),
-    Key("details", "always", _text, "one of " + ", ".join(DETAILS_MODES), valid=DETAILS_MODES.__contains__,
+    Key("details", None, _text, "one of " + ", ".join(DETAILS_MODES), valid=DETAILS_MODES.__contains__,
         help="Who sees subsystems, metrics and errors in readiness answers: always, never, or token "
-        "(only requests with 'Authorization: Bearer <token>')."),
+        "(only requests with 'Authorization: Bearer <token>'); unset shows them on loopback only."),
     Key("token", None, _text, "a non-empty string", valid=bool,
         help="The bearer token for details = 'token'."),
     Key("shutdown_drain_ms", 5000, _integer, "an integer >= 0", valid=lambda n: n >= 0,
@@ -156,7 +156,7 @@ class Settings:
     ready_ttl_ms: int
     check_timeout_ms: int
     request_log: bool
-    details: str
+    details: str | None
     token: str | None
     shutdown_drain_ms: int
     log_level: str

@@ -37,14 +37,28 @@ class Kernel:
         ready_ttl_ms: int = DEFAULTS.ready_ttl_ms,
         check_timeout_ms: int = DEFAULTS.check_timeout_ms,
         request_log: bool = DEFAULTS.request_log,
-        details: str = DEFAULTS.details,
+        details: str | None = DEFAULTS.details,
         token: str | None = DEFAULTS.token,
         shutdown_drain_ms: int = DEFAULTS.shutdown_drain_ms,
     ) -> None:
-        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms, details, token)
-        self.details = details
+        # Unset details show everything until a server settles them for the address it serves on.
+        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms, details or "always", token)
+        self._details = details
+        self._token = token
         self.shutdown_drain_ms = shutdown_drain_ms
         self.request_log = request_log
+
+    @property
+    def details(self) -> str | None:
+        """Who sees subsystems, metrics and errors in readiness answers: ``"always"``, ``"never"``,
+        ``"token"`` (requests bearing the token), or None: unset, which ``phoenix serve`` settles as
+        ``"always"`` on loopback and ``"never"`` beyond it, and which means ``"always"`` until then."""
+        return self._details
+
+    @details.setter
+    def details(self, mode: str) -> None:
+        self._core.set_details(mode, self._token)
+        self._details = mode
 
     @property
     def request_log(self) -> bool:
