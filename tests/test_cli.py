@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,6 +181,8 @@ def test_the_kernels_own_request_log_holds_unless_configured(
 
 
 READY_DB = """
+    import os
+
     from phoenix import Kernel
 
     kernel = Kernel()
@@ -187,6 +190,10 @@ READY_DB = """
     @kernel.subsystem("db", threshold=0.5)
     def db() -> float:
         return 0.9
+
+    @kernel.subsystem("token_hidden", threshold=0.5)
+    def token_hidden() -> bool:
+        return "PHOENIX_TOKEN" not in os.environ  # what a subprocess the check starts would inherit
 """
 
 
@@ -224,3 +231,22 @@ def test_unset_details_are_shown_on_loopback_only(
     assert line in server.logs()
     warned = "with details = 'always': subsystems, metrics and errors are visible" in server.logs()
     assert warned is (details == "always" and host == "0.0.0.0")
+
+
+def test_the_token_stays_out_of_the_servers_environments(serve: Any) -> None:
+    token = "tok-3f9a-never-in-environ"
+    server = serve(env={"PHOENIX_DETAILS": "token", "PHOENIX_TOKEN": token})
+
+    for pid in [server.proc.pid, *server.worker_pids()]:
+        assert token.encode() not in Path(f"/proc/{pid}/environ").read_bytes(), pid
+    assert set(server.request("/ready").json()) == {"status"}
+    authorised = server.request("/ready", headers={"Authorization": f"Bearer {token}"}).json()
+    assert set(authorised["subsystems"]) == {"plastic_ltm", "triune_conscience", "world_model"}
+
+
+def test_checks_do_not_inherit_the_token(tmp_path: Path) -> None:
+    server = _serve_app(tmp_path, READY_DB, PHOENIX_TOKEN="tok-3f9a")
+
+    response = server.request("/ready")
+
+    assert response.json()["subsystems"]["token_hidden"]["ready"] is True, response.body

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import functools
 import importlib
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -126,6 +128,25 @@ def warn_if_details_public(kernel: Kernel, host: str) -> None:
         )
 
 
+def _forget_token() -> None:
+    """Takes PHOENIX_TOKEN out of this process's environment once the settings are read, so that neither
+    the workers nor the subprocesses of checks inherit it. Its value is overwritten first in the environment
+    block the process started with, which forked workers would copy and show in /proc/<pid>/environ."""
+    if "PHOENIX_TOKEN" not in os.environ:
+        return
+    if sys.platform.startswith("linux"):
+        prefix = b"PHOENIX_TOKEN="
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+        for i in itertools.count():
+            entry = environ[i]
+            if entry is None:
+                break
+            text = ctypes.string_at(entry)
+            if text.startswith(prefix):
+                ctypes.memset(entry + len(prefix), 0, len(text) - len(prefix))
+    del os.environ["PHOENIX_TOKEN"]
+
+
 def _draining_server(drain_s: float) -> type[Any]:
     """Granian's server, with a drain phase on SIGTERM: the workers are told to answer
     ``/ready`` with 503 at once (``DRAIN_SIGNAL``), keep serving for ``drain_s``, and only then does
@@ -227,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = {key.name: getattr(args, key.name) for key in KEYS if getattr(args, key.name, None) is not None}
     try:
         settings = load_settings(given, config_file=args.config)
+        _forget_token()
         if args.command == "serve":
             return _serve(settings)
         return _check(settings)
