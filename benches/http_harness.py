@@ -512,9 +512,9 @@ def load_together(loads: list[tuple[Server, str]], connections: int, seconds: in
 
 
 def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
-    from phoenix.config import Settings  # the log level Phoenix ships with, for the ceiling too
+    from phoenix.config import DEFAULTS  # the log level Phoenix ships with, for the ceiling too
 
-    log_level = Settings().log_level
+    log_level = DEFAULTS.log_level
     python = sys.executable
     phoenix = [str(Path(python).parent / "phoenix"), "serve"]
     ceiling = [python, str(BENCHES / "ceiling_app.py"), "--log-level", log_level, "--port", "{port}"]

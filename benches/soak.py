@@ -332,11 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     nofile = prepare_load_run(CONNECTIONS_PER_PATH * len(PATHS))
-    from phoenix.config import Settings  # the request log Phoenix ships with
+    from phoenix.config import DEFAULTS  # the request log Phoenix ships with
 
-    args.request_log_on = (
-        Settings().request_log if args.request_log == "shipped" else args.request_log == "on"
-    )
+    args.request_log_on = DEFAULTS.request_log if args.request_log == "shipped" else args.request_log == "on"
     started = dt.datetime.now()
     env = run_env(started, nofile=nofile)
     with tempfile.TemporaryDirectory(prefix="phoenix-soak-") as tmp:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import pytest
 
 from phoenix import _core
+from phoenix.config import DEFAULTS
 from pure_python import PurePythonCore, Request, Response
 
 IMPLS = ["phoenix", "pure-python"]
@@ -61,7 +62,7 @@ class Core(Protocol):
 def make_core(impl: str, *, health_ttl_ms: int = 100, ready_ttl_ms: int = 100, pings: int = 0) -> Core:
     core: Core
     if impl == "phoenix":
-        core = _core.Core(health_ttl_ms, ready_ttl_ms, 500, "always", None)
+        core = _core.Core(health_ttl_ms, ready_ttl_ms, DEFAULTS.check_timeout_ms, "always", None)
     else:
         core = PurePythonCore(health_ttl_ms, ready_ttl_ms)
     for i in range(pings):

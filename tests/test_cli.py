@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import phoenix_env
+from .conftest import Server, free_port, phoenix_env, wait_until_serving
 
 
 def phoenix(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -93,11 +99,154 @@ def test_public_details_on_a_non_loopback_host_are_warned_about(caplog: pytest.L
     from phoenix.cli import warn_if_details_public
 
     with caplog.at_level("WARNING", logger="phoenix.kernel"):
-        warn_if_details_public(Kernel(), "127.0.0.1")
-        warn_if_details_public(Kernel(), "localhost")
+        warn_if_details_public(Kernel(details="always"), "127.0.0.1")
+        warn_if_details_public(Kernel(details="always"), "localhost")
         warn_if_details_public(Kernel(details="token", token="t"), "0.0.0.0")
+        warn_if_details_public(Kernel(), "0.0.0.0")  # unset: status only there
         assert caplog.records == []
-        warn_if_details_public(Kernel(), "0.0.0.0")
+        warn_if_details_public(Kernel(details="always"), "0.0.0.0")
     (record,) = caplog.records
     assert "0.0.0.0" in record.getMessage()
     assert "details = 'always'" in record.getMessage()
+
+
+# --- the settings a served kernel runs with ----------------------------------------------------------
+
+
+def _serve_app(tmp_path: Path, source: str, *args: str, **env: str) -> Server:
+    """``phoenix serve --app app:kernel`` for an app module written to ``tmp_path``, with only the
+    ``PHOENIX_*`` variables given here (not even the test suite's drain of 0 ms)."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(source))
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "phoenix", "serve", "--app", "app:kernel", "--port", str(port), *args]
+    base = {k: v for k, v in phoenix_env().items() if not k.startswith("PHOENIX_")}
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**base, **env}, cwd=tmp_path, start_new_session=True
+    )
+    server = Server(proc, port, log_path, tmp_path / "runs.txt", tmp_path / "data", log)
+    _started.append(server)
+    wait_until_serving(server)
+    return server
+
+
+_started: list[Server] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_started_servers() -> Iterator[None]:
+    yield
+    while _started:
+        server = _started.pop()
+        server.stop(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # a worker must never outlive its test
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        server._log.close()
+
+
+DRAIN_800 = """
+    from phoenix import Kernel
+
+    kernel = Kernel(shutdown_drain_ms=800)
+"""
+
+
+@pytest.mark.parametrize(("env", "drained_ms"), [({}, 800), ({"PHOENIX_SHUTDOWN_DRAIN_MS": "300"}, 300)])
+def test_the_kernels_own_drain_holds_unless_configured(
+    tmp_path: Path, env: dict[str, str], drained_ms: int
+) -> None:
+    server = _serve_app(tmp_path, DRAIN_800, **env)
+
+    assert server.stop(timeout=30) == 0, server.logs()
+    assert f"draining for {drained_ms} ms" in server.logs()
+
+
+QUIET = """
+    from phoenix import Kernel
+
+    kernel = Kernel(request_log=False)
+"""
+
+
+@pytest.mark.parametrize(("env", "logged"), [({}, False), ({"PHOENIX_REQUEST_LOG": "true"}, True)])
+def test_the_kernels_own_request_log_holds_unless_configured(
+    tmp_path: Path, env: dict[str, str], logged: bool
+) -> None:
+    server = _serve_app(tmp_path, QUIET, **env)
+    assert server.request("/ready").status == 200
+
+    assert server.stop(timeout=30) == 0, server.logs()
+    assert ("GET /ready 200" in server.logs()) is logged, server.logs()
+
+
+READY_DB = """
+    import os
+
+    from phoenix import Kernel
+
+    kernel = Kernel()
+
+    @kernel.subsystem("db", threshold=0.5)
+    def db() -> float:
+        return 0.9
+
+    @kernel.subsystem("token_hidden", threshold=0.5)
+    def token_hidden() -> bool:
+        return "PHOENIX_TOKEN" not in os.environ  # what a subprocess the check starts would inherit
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "details", "full", "line"),
+    [
+        (
+            "127.0.0.1",
+            None,
+            True,
+            "readiness details: full (details unset and serving on 127.0.0.1, loopback)",
+        ),
+        (
+            "0.0.0.0",
+            None,
+            False,
+            "readiness details: status only (details unset and serving on 0.0.0.0, beyond loopback; "
+            'set details = "always" to show them)',
+        ),
+        ("0.0.0.0", "always", True, 'readiness details: full (details = "always")'),
+    ],
+)
+def test_unset_details_are_shown_on_loopback_only(
+    tmp_path: Path, host: str, details: str | None, full: bool, line: str
+) -> None:
+    source = READY_DB if details is None else READY_DB.replace("Kernel()", f"Kernel(details={details!r})")
+    server = _serve_app(tmp_path, source, "--host", host)  # 0.0.0.0 answers on 127.0.0.1 too
+
+    body = server.request("/ready").json()
+
+    if full:
+        assert body["subsystems"]["db"]["metric"] == 0.9
+    else:
+        assert body == {"status": "ready"}
+    assert line in server.logs()
+    warned = "with details = 'always': subsystems, metrics and errors are visible" in server.logs()
+    assert warned is (details == "always" and host == "0.0.0.0")
+
+
+def test_the_token_stays_out_of_the_servers_environments(serve: Any) -> None:
+    token = "tok-3f9a-never-in-environ"
+    server = serve(env={"PHOENIX_DETAILS": "token", "PHOENIX_TOKEN": token})
+
+    for pid in [server.proc.pid, *server.worker_pids()]:
+        assert token.encode() not in Path(f"/proc/{pid}/environ").read_bytes(), pid
+    assert set(server.request("/ready").json()) == {"status"}
+    authorised = server.request("/ready", headers={"Authorization": f"Bearer {token}"}).json()
+    assert set(authorised["subsystems"]) == {"plastic_ltm", "triune_conscience", "world_model"}
+
+
+def test_checks_do_not_inherit_the_token(tmp_path: Path) -> None:
+    server = _serve_app(tmp_path, READY_DB, PHOENIX_TOKEN="tok-3f9a")
+
+    response = server.request("/ready")
+
+    assert response.json()["subsystems"]["token_hidden"]["ready"] is True, response.body

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +43,7 @@ def _load_config_module() -> ModuleType:
 
 config = _load_config_module()
 ConfigError: type[Exception] = config.ConfigError
-Settings = config.Settings
+DEFAULTS = config.DEFAULTS
 load_settings = config.load_settings
 
 
@@ -72,7 +74,8 @@ def _error(call: Callable[[], object]) -> str:
 def test_defaults_when_no_source_gives_a_value() -> None:
     settings = load_settings(env={})
 
-    assert settings == Settings()
+    assert settings == DEFAULTS
+    assert settings.explicit == frozenset()
     assert settings.app is None
     assert settings.host == "127.0.0.1"
     assert settings.port == 5001
@@ -82,6 +85,9 @@ def test_defaults_when_no_source_gives_a_value() -> None:
     assert settings.ready_ttl_ms == 100
     assert settings.check_timeout_ms == 500
     assert settings.request_log is True
+    assert settings.details is None
+    assert settings.token is None
+    assert settings.shutdown_drain_ms == 5000
     assert settings.log_level == "info"
 
 
@@ -94,23 +100,66 @@ def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().port == 6123
 
 
-def test_keys_table_lists_every_setting_with_its_default() -> None:
+def test_settings_has_one_field_per_key_and_defaults_come_from_the_table() -> None:
     names = [key.name for key in config.KEYS]
 
-    assert names == [f.name for f in dataclasses.fields(Settings)]
-    assert {key.name: key.default for key in config.KEYS} == dataclasses.asdict(Settings())
+    assert [f.name for f in dataclasses.fields(config.Settings)] == [*names, "explicit"]
+    assert {name: getattr(DEFAULTS, name) for name in names} == {key.name: key.default for key in config.KEYS}
     assert {key.name: key.env_var for key in config.KEYS}["data_dir"] == "PHOENIX_DATA_DIR"
+    assert all(key.help for key in config.KEYS)
 
 
-def test_describe_keys_gives_name_default_repr_and_help() -> None:
-    described = {name: (default, help_) for name, default, help_ in config.describe_keys()}
+def _readme_config_table() -> list[list[str]]:
+    """The rows of the README's configuration table (the one whose header starts with ``key``)."""
+    readme = (_CONFIG_PY.parents[2] / "README.md").read_text(encoding="utf-8")
+    rows: list[list[str]] = []
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[:3] == ["key", "environment", "default"]:
+            rows = [cells]
+        elif rows and line.startswith("|"):
+            rows.append(cells)
+        elif rows:
+            break
+    return rows[2:]  # past the header and the |---| line
 
-    assert list(described) == [key.name for key in config.KEYS]
-    assert described["port"][0] == "5001"
-    assert described["app"][0] == "None"
-    assert described["data_dir"][0] == "'phoenix-data'"
-    assert described["log_level"][0] == "'info'"
-    assert all(help_ for _default, help_ in described.values())
+
+def _readme_default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    return f"`{os.fspath(value) if isinstance(value, Path) else value}`"
+
+
+def test_readme_table_lists_every_key_with_its_variable_and_default() -> None:
+    documented = [cells[:3] for cells in _readme_config_table()]
+
+    assert documented == [
+        [f"`{key.name}`", f"`{key.env_var}`", _readme_default(key.default)] for key in config.KEYS
+    ]
+
+
+def test_kernel_defaults_are_the_tables() -> None:
+    from phoenix.kernel import Kernel, PhoenixKernel, default_kernel
+
+    kernel = inspect.signature(Kernel.__init__).parameters
+    options = [name for name in kernel if name != "self"]
+
+    assert options == [
+        "health_ttl_ms",
+        "ready_ttl_ms",
+        "check_timeout_ms",
+        "request_log",
+        "details",
+        "token",
+        "shutdown_drain_ms",
+    ]
+    assert {name: kernel[name].default for name in options} == {
+        name: getattr(DEFAULTS, name) for name in options
+    }
+    for build in (PhoenixKernel.__init__, default_kernel):
+        assert inspect.signature(build).parameters["data_dir"].default == DEFAULTS.data_dir
 
 
 # --- precedence ---------------------------------------------------------------
@@ -166,7 +215,7 @@ def test_unknown_cli_key_is_an_error() -> None:
 def test_unknown_phoenix_env_vars_are_ignored() -> None:
     settings = load_settings(env={"PHOENIX_PROT": "1", "PHOENIX_": "x", "OTHER": "y"})
 
-    assert settings == Settings()
+    assert settings == DEFAULTS
 
 
 # --- config file ------------------------------------------------------------------
@@ -471,71 +520,24 @@ def test_config_error_message_is_forced_onto_one_line() -> None:
     assert str(ConfigError("first\nsecond")) == "first second"
 
 
-def test_settings_constructor_validates_and_normalises() -> None:
-    with pytest.raises(ConfigError):
-        Settings(port=70000)
-    settings = Settings(log_level="ERROR", data_dir="out")
-
-    assert settings.log_level == "error"
-    assert settings.data_dir == Path("out")
-    with pytest.raises(ConfigError):
-        dataclasses.replace(settings, workers=0)
+# --- what a source set, handed to workers --------------------------------------------------------------
 
 
-# --- hand-off to workers --------------------------------------------------------------
+def test_explicit_names_the_keys_some_source_set(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "port = 1111\n")
 
-
-def test_to_env_round_trips_through_load_settings() -> None:
-    settings = Settings(
-        app="svc.main:build",
-        host="0.0.0.0",
-        port=0,
-        workers=4,
-        data_dir=Path("/var/lib/phoenix"),
-        health_ttl_ms=0,
-        ready_ttl_ms=250,
-        check_timeout_ms=1500,
-        request_log=False,
-        details="token",
-        token="s3cret",
-        shutdown_drain_ms=250,
-        log_level="debug",
+    settings = load_settings(
+        cli={"host": "0.0.0.0", "app": None}, env={"PHOENIX_WORKERS": "2"}, config_file=toml
     )
 
-    env = settings.to_env()
-
-    assert env == {
-        "PHOENIX_APP": "svc.main:build",
-        "PHOENIX_HOST": "0.0.0.0",
-        "PHOENIX_PORT": "0",
-        "PHOENIX_WORKERS": "4",
-        "PHOENIX_DATA_DIR": str(Path("/var/lib/phoenix")),
-        "PHOENIX_HEALTH_TTL_MS": "0",
-        "PHOENIX_READY_TTL_MS": "250",
-        "PHOENIX_CHECK_TIMEOUT_MS": "1500",
-        "PHOENIX_REQUEST_LOG": "false",
-        "PHOENIX_DETAILS": "token",
-        "PHOENIX_TOKEN": "s3cret",
-        "PHOENIX_SHUTDOWN_DRAIN_MS": "250",
-        "PHOENIX_LOG_LEVEL": "debug",
-    }
-    assert load_settings(env=env) == settings
+    assert settings.explicit == {"host", "workers", "port"}
+    assert load_settings(env={"PHOENIX_SHUTDOWN_DRAIN_MS": "5000"}).explicit == {"shutdown_drain_ms"}
 
 
-def test_to_env_leaves_out_none_values_and_round_trips_defaults() -> None:
-    env = Settings().to_env()
+def test_settings_survive_pickling_for_spawned_workers() -> None:
+    settings = load_settings(env={"PHOENIX_DETAILS": "token", "PHOENIX_TOKEN": "s3cret", "PHOENIX_PORT": "0"})
 
-    assert "PHOENIX_APP" not in env
-    assert "PHOENIX_TOKEN" not in env
-    assert set(env) == {key.env_var for key in config.KEYS} - {"PHOENIX_APP", "PHOENIX_TOKEN"}
-    assert load_settings(env=env) == Settings()
-
-
-def test_to_env_overrides_a_config_file_with_other_values(tmp_path: Path) -> None:
-    resolved = load_settings(cli={"port": 9001}, env={})
-    _write(tmp_path / "phoenix.toml", "port = 1\nworkers = 9\n")
-
-    assert load_settings(env=resolved.to_env()) == resolved
+    assert pickle.loads(pickle.dumps(settings)) == settings
 
 
 def test_details_token_needs_a_token() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from phoenix.config import Settings
+from phoenix.config import DEFAULTS, KEYS
 
 from .conftest import ROOT
 
@@ -32,7 +32,7 @@ def test_each_probe_uses_its_endpoint() -> None:
 
 
 def test_probe_timeouts_outlast_a_check_round() -> None:
-    round_s = Settings().check_timeout_ms / 1000
+    round_s = DEFAULTS.check_timeout_ms / 1000
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container()[probe]["timeoutSeconds"] > round_s
 
@@ -49,7 +49,7 @@ def test_readiness_notices_draining_before_the_drain_ends() -> None:
 def test_port_and_settings_are_real_phoenix_settings() -> None:
     spec = container()
     env = {e["name"]: e.get("value") for e in spec["env"]}
-    keys = {f"PHOENIX_{name.upper()}" for name in Settings.__dataclass_fields__}
+    keys = {key.env_var for key in KEYS}
     assert set(env) <= keys
     assert int(env["PHOENIX_PORT"]) == spec["ports"][0]["containerPort"]
     assert env["PHOENIX_DETAILS"] == "token", "served beyond loopback: details behind the token"

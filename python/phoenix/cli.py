@@ -1,8 +1,9 @@
 """``phoenix serve`` and ``phoenix check``.
 
 Bad configuration is one line on stderr and exit status 2, before anything starts. ``serve`` resolves the
-configuration once, in the parent, and hands it to Granian's worker processes through ``PHOENIX_*``
-variables, which the workers read back with the same loader.
+configuration once, in the parent, and hands it to Granian's worker processes as the argument of their
+kernel loader (inherited when workers are forked, pickled through multiprocessing's pipe when spawned), not
+through their environment.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import functools
 import importlib
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -21,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CONFIG_ENV_VAR, KEYS, ConfigError, Settings, load_settings
+from .config import KEYS, ConfigError, Settings, load_settings
 from .kernel import DRAIN_SIGNAL, Kernel, default_kernel
 from .log import configure, dictconfig
 
@@ -68,13 +72,23 @@ def load_kernel(settings: Settings) -> Kernel:
     return target
 
 
-def worker_kernel() -> Kernel:
-    """Granian's factory target, called in each worker process. Serving settings (the request log)
-    apply to whichever kernel is served; the others shape the default kernel only."""
-    settings = load_settings()
+def served_kernel(settings: Settings) -> Kernel:
+    """The kernel ``phoenix serve`` runs, built once in the parent (to fail early and to learn its drain)
+    and again in each worker. Its own request log and drain hold unless the command line, environment or
+    config file sets them; its other settings shape the default kernel only."""
     kernel = load_kernel(settings)
-    kernel.request_log = settings.request_log
-    kernel.shutdown_drain_ms = settings.shutdown_drain_ms
+    if "request_log" in settings.explicit:
+        kernel.request_log = settings.request_log
+    if "shutdown_drain_ms" in settings.explicit:
+        kernel.shutdown_drain_ms = settings.shutdown_drain_ms
+    return kernel
+
+
+def worker_kernel(settings: Settings) -> Kernel:
+    """Granian's kernel loader, called in each worker: the served kernel, its details settled."""
+    kernel = served_kernel(settings)
+    mode, _start_up_line = details_in_force(kernel, settings.host)  # the parent logs the line
+    kernel.details = mode
     return kernel
 
 
@@ -87,6 +101,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def details_in_force(kernel: Kernel, host: str) -> tuple[str, str]:
+    """The details mode of ``kernel`` served on ``host``, and the start-up line saying which and why.
+    Unset details are shown on loopback only: beyond it, anyone who can reach the port would see them."""
+    if kernel.details is None and _is_loopback(host):
+        return "always", f"readiness details: full (details unset and serving on {host}, loopback)"
+    if kernel.details is None:
+        return "never", (
+            f"readiness details: status only (details unset and serving on {host}, beyond loopback; "
+            'set details = "always" to show them)'
+        )
+    shown = {
+        "always": "full",
+        "never": "status only",
+        "token": "full with the bearer token, else status only",
+    }
+    return kernel.details, f'readiness details: {shown[kernel.details]} (details = "{kernel.details}")'
+
+
 def warn_if_details_public(kernel: Kernel, host: str) -> None:
     if kernel.details == "always" and not _is_loopback(host):
         _log.warning(
@@ -94,6 +126,25 @@ def warn_if_details_public(kernel: Kernel, host: str) -> None:
             "anyone who can reach it; consider details = 'token'",
             host,
         )
+
+
+def _forget_token() -> None:
+    """Takes PHOENIX_TOKEN out of this process's environment once the settings are read, so that neither
+    the workers nor the subprocesses of checks inherit it. Its value is overwritten first in the environment
+    block the process started with, which forked workers would copy and show in /proc/<pid>/environ."""
+    if "PHOENIX_TOKEN" not in os.environ:
+        return
+    if sys.platform.startswith("linux"):
+        prefix = b"PHOENIX_TOKEN="
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+        for i in itertools.count():
+            entry = environ[i]
+            if entry is None:
+                break
+            text = ctypes.string_at(entry)
+            if text.startswith(prefix):
+                ctypes.memset(entry + len(prefix), 0, len(text) - len(prefix))
+    del os.environ["PHOENIX_TOKEN"]
 
 
 def _draining_server(drain_s: float) -> type[Any]:
@@ -135,21 +186,18 @@ def _serve(settings: Settings) -> int:
             "invalid value for workers: the default kernel's store belongs to one process; "
             "use workers = 1, or serve your own --app"
         )
-    kernel = load_kernel(settings)  # fail here, with exit status 2, rather than in every worker
+    kernel = served_kernel(settings)  # fail here, with exit status 2, rather than in every worker
     configure(settings.log_level)
+    _log.info("%s", details_in_force(kernel, settings.host)[1])
     warn_if_details_public(kernel, settings.host)
-    os.environ.update(settings.to_env())
-    # Every key is now explicit in the environment; no file may add to it in the workers.
-    os.environ[CONFIG_ENV_VAR] = os.devnull
     try:
         import uvloop  # noqa: F401
 
         loop = Loops.uvloop
     except ImportError:
         loop = Loops.auto
-    _draining_server(settings.shutdown_drain_ms / 1000)(
-        "phoenix.cli:worker_kernel",
-        factory=True,
+    _draining_server(kernel.shutdown_drain_ms / 1000)(
+        "phoenix.cli:worker_kernel",  # named in the process title; the loader below builds the kernel
         address=settings.host,
         port=settings.port,
         interface=Interfaces.RSGI,
@@ -159,7 +207,7 @@ def _serve(settings: Settings) -> int:
         websockets=False,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=dictconfig(settings.log_level, base=LOGGING_CONFIG),
-    ).serve()
+    ).serve(target_loader=functools.partial(worker_kernel, settings), wrap_loader=False)
     return 0
 
 
@@ -200,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = {key.name: getattr(args, key.name) for key in KEYS if getattr(args, key.name, None) is not None}
     try:
         settings = load_settings(given, config_file=args.config)
+        _forget_token()
         if args.command == "serve":
             return _serve(settings)
         return _check(settings)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from . import _core
 from .app import ASGIApp, RSGIHandler, rsgi_handler
+from .config import DEFAULTS
 
 # The signal that makes a served worker start draining; Granian itself uses SIGINT, SIGTERM, SIGHUP.
 DRAIN_SIGNAL = signal.SIGUSR1
@@ -32,18 +33,32 @@ class Kernel:
     def __init__(
         self,
         *,
-        health_ttl_ms: int = 100,
-        ready_ttl_ms: int = 100,
-        check_timeout_ms: int = 500,
-        request_log: bool = True,
-        details: str = "always",
-        token: str | None = None,
-        shutdown_drain_ms: int = 5000,
+        health_ttl_ms: int = DEFAULTS.health_ttl_ms,
+        ready_ttl_ms: int = DEFAULTS.ready_ttl_ms,
+        check_timeout_ms: int = DEFAULTS.check_timeout_ms,
+        request_log: bool = DEFAULTS.request_log,
+        details: str | None = DEFAULTS.details,
+        token: str | None = DEFAULTS.token,
+        shutdown_drain_ms: int = DEFAULTS.shutdown_drain_ms,
     ) -> None:
-        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms, details, token)
-        self.details = details
+        # Unset details show everything until a server settles them for the address it serves on.
+        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms, details or "always", token)
+        self._details = details
+        self._token = token
         self.shutdown_drain_ms = shutdown_drain_ms
         self.request_log = request_log
+
+    @property
+    def details(self) -> str | None:
+        """Who sees subsystems, metrics and errors in readiness answers: ``"always"``, ``"never"``,
+        ``"token"`` (requests bearing the token), or None: unset, which ``phoenix serve`` settles as
+        ``"always"`` on loopback and ``"never"`` beyond it, and which means ``"always"`` until then."""
+        return self._details
+
+    @details.setter
+    def details(self, mode: str) -> None:
+        self._core.set_details(mode, self._token)
+        self._details = mode
 
     @property
     def request_log(self) -> bool:
@@ -160,12 +175,12 @@ class PhoenixKernel(Kernel):
     conscience: _core.TriuneConscience
     world: _core.WorldModel
 
-    def __init__(self, data_dir: str | Path = "phoenix-data", **options: Any) -> None:
+    def __init__(self, data_dir: str | Path = DEFAULTS.data_dir, **options: Any) -> None:
         super().__init__(**options)
         self.data_dir = Path(data_dir)
         self.memory, self.conscience, self.world = self._core.add_phoenix(self.data_dir)
 
 
-def default_kernel(data_dir: str | Path = "phoenix-data", **options: Any) -> PhoenixKernel:
+def default_kernel(data_dir: str | Path = DEFAULTS.data_dir, **options: Any) -> PhoenixKernel:
     """The kernel ``phoenix serve`` runs when no ``--app`` is given."""
     return PhoenixKernel(data_dir, **options)
