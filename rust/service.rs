@@ -598,8 +598,12 @@ impl Service {
         let response = match request.one {
             None if view.format == Format::Json && view.exclude.is_empty() => {
                 match (&entry.public, view.details) {
+                    (_, true) => Arc::clone(&entry.full),
                     (Some(public), false) => Arc::clone(public),
-                    _ => Arc::clone(&entry.full),
+                    // Rendered while everyone saw details, and served after that changed.
+                    (None, false) => {
+                        Response::new(render::ready(&entry.report, &View::PUBLIC_JSON))
+                    }
                 }
             }
             None => Response::new(render::ready(&entry.report, &view)),
