@@ -235,7 +235,7 @@ impl Subsystem {
                 }
                 (None, Status::Fail, Some(why))
             }
-            Some(Err(why)) => (None, Status::Fail, Some(redact_paths(&why))),
+            Some(Err(why)) => (None, Status::Fail, Some(crate::redact::redact(&why))),
             Some(Ok(metric)) if !metric.is_finite() => (
                 None,
                 Status::Fail,
@@ -342,29 +342,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     } else {
         "unknown panic".to_owned()
     }
-}
-
-/// Replaces file-system paths in an error text with `<path>`: errors are shown to probe clients,
-/// and paths reveal the deployment's layout.
-pub fn redact_paths(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, word) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let core = word.trim_matches(|c: char| "'\"(),;:[]<>".contains(c));
-        let looks_like_path = (core.starts_with('/') && core.len() > 1)
-            || core.starts_with("~/")
-            || core.starts_with("./")
-            || core.starts_with("../")
-            || core.get(1..3).is_some_and(|s| s == ":\\");
-        if looks_like_path {
-            out.push_str(&word.replace(core, "<path>"));
-        } else {
-            out.push_str(word);
-        }
-    }
-    out
 }
 
 /// What one subsystem reported.
@@ -625,26 +602,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
         assert!(runs.load(Ordering::SeqCst) >= 3);
-    }
-
-    #[test]
-    fn paths_are_redacted_from_error_texts() {
-        assert_eq!(
-            redact_paths("cannot open /var/lib/phoenix/x.redb: denied"),
-            "cannot open <path>: denied"
-        );
-        assert_eq!(
-            redact_paths("file '/etc/secret' missing"),
-            "file '<path>' missing"
-        );
-        assert_eq!(
-            redact_paths("see ./conf.toml and C:\\data\\x"),
-            "see <path> and <path>"
-        );
-        assert_eq!(
-            redact_paths("ratio 1/2 is fine / ok"),
-            "ratio 1/2 is fine / ok"
-        );
     }
 
     #[tokio::test]

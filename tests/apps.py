@@ -228,3 +228,14 @@ def private() -> Kernel:
     kernel = Kernel(details="never")
     kernel.add_ping()
     return kernel
+
+
+def leaky() -> Kernel:
+    """A check whose error carries a password twice, as database drivers' errors do."""
+    kernel = Kernel()
+
+    @kernel.subsystem("db", threshold=0.5)
+    async def db() -> float:
+        raise ConnectionError("could not connect to postgres://app:hunter2@db/app password=hunter2")
+
+    return kernel
