@@ -35,6 +35,11 @@ pub const COHERENCE_THRESHOLD: f64 = 0.85;
 /// How often the kernel re-records its own `system` entry; well inside the 60 s of full coherence.
 pub const SYSTEM_REFRESH: Duration = Duration::from_secs(15);
 
+/// The native checks run in the background on this period, whatever the request rate: the integrity
+/// check writes and fsyncs probe records and verifies digests, so its disk work must not grow with
+/// traffic. `/ready` serves their latest results, at most this period (plus the cache TTL) old.
+pub const NATIVE_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
 /// After a failed attempt to open the store, the next one waits this long, doubling after each
 /// failure up to [`STORE_RETRY_MAX`].
 pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -214,8 +219,9 @@ impl Phoenix {
         }
     }
 
-    /// The three checks, with the seed's thresholds and the given timeout. Until
-    /// [`Self::initialise`] has run they report `pending` ("initialising") without running.
+    /// The three checks, with the seed's thresholds and the given timeout, run in the background
+    /// every [`NATIVE_CHECK_PERIOD`]. Until [`Self::initialise`] has run they report `pending`
+    /// ("initialising") without running.
     pub fn subsystems(self: &Arc<Self>, timeout: Duration) -> Vec<Subsystem> {
         let check = |name: &str,
                      measurement: &str,
@@ -223,8 +229,9 @@ impl Phoenix {
                      probe: Box<dyn crate::checks::Probe>| {
             let this = Arc::clone(self);
             let gate: Gate = Arc::new(move || this.brought_up.load(Ordering::Acquire));
-            Subsystem::new(name, measurement, Policy::new(threshold, timeout), probe)
-                .with_gate(gate)
+            let mut policy = Policy::new(threshold, timeout);
+            policy.interval = Some(NATIVE_CHECK_PERIOD);
+            Subsystem::new(name, measurement, policy, probe).with_gate(gate)
         };
         let memory = Arc::clone(self);
         let conscience = Arc::clone(self);
@@ -325,7 +332,7 @@ mod tests {
     async fn everything_is_missing_until_initialised() {
         let kernel = Phoenix::new(&temp_dir("uninit"));
         let subsystems = served(&kernel);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(NATIVE_CHECK_PERIOD * 3).await;
         let report = round(&subsystems).await;
         assert!(!report.ready());
         assert_eq!(report.missing().count(), 3);
@@ -334,6 +341,22 @@ mod tests {
             .iter()
             .all(|o| o.status == Status::Pending && o.message.as_deref() == Some("initialising")));
         assert!(!kernel.is_initialised());
+    }
+
+    // TODO(lead): drop the `ignore` once the runner measures a gated background subsystem that has
+    // no result yet in the round (joining its background run), as proposed in the wt-rust report:
+    // today the background loop's tick before initialisation leaves "initialising" as the latest
+    // result for a whole period, and `kernel.check()` right after `wait_initialised` reads it.
+    #[ignore = "needs the runner change to start_round proposed with fix 7"]
+    #[tokio::test(start_paused = true)]
+    async fn the_first_results_follow_initialisation_at_once() {
+        let kernel = Phoenix::new(&temp_dir("prompt"));
+        // As in the binding: the background loops start with the kernel, before it has initialised.
+        let subsystems = served(&kernel);
+        tokio::time::sleep(NATIVE_CHECK_PERIOD / 10).await;
+        kernel.initialise();
+        let report = round(&subsystems).await;
+        assert!(report.ready(), "{report:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -389,8 +412,10 @@ mod tests {
         assert!(!kernel.is_initialised());
 
         drop(holder);
-        let recovered =
-            tokio::time::timeout(STORE_RETRY_MAX * 2, round_until(&subsystems, Report::ready));
+        let recovered = tokio::time::timeout(
+            STORE_RETRY_MAX + NATIVE_CHECK_PERIOD * 2,
+            round_until(&subsystems, Report::ready),
+        );
         recovered
             .await
             .expect("ready within a backoff once released");
@@ -417,5 +442,24 @@ mod tests {
             assert_eq!(kernel.memory().unwrap_err(), first);
             assert_eq!(attempts(), n as u32 + 2, "an attempt after {wait:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_rounds_within_a_period_run_the_integrity_probe_once() {
+        let kernel = Phoenix::new(&temp_dir("period"));
+        kernel.initialise();
+        let subsystems = served(&kernel);
+        round_until(&subsystems, Report::ready).await;
+        let store = kernel.memory().unwrap();
+        assert_eq!(store.probes_run(), 1);
+        // A round every 10 ms, for most of a period.
+        for _ in 0..90 {
+            assert!(round(&subsystems).await.ready());
+            tokio::time::sleep(NATIVE_CHECK_PERIOD / 100).await;
+        }
+        assert_eq!(store.probes_run(), 1);
+        // Then once a period, whatever the rounds.
+        tokio::time::sleep(NATIVE_CHECK_PERIOD * 3).await;
+        assert_eq!(store.probes_run(), 4);
     }
 }

@@ -268,6 +268,12 @@ impl PlasticLtm {
         Ok(self.len()? == 0)
     }
 
+    /// How many write/read/delete probes this handle has run: each one is disk work (two durable
+    /// commits), which is why the kernel runs them on a fixed period rather than per request.
+    pub fn probes_run(&self) -> u64 {
+        self.probe_seq.load(Ordering::Relaxed)
+    }
+
     /// Cheap, bounded health check for periodic monitoring: proves the store can still commit
     /// (a write/read/delete probe in real transactions) and re-verifies the digests of the most
     /// recent records (at most 1024, and at most about 50 ms of verification), so it can run
