@@ -216,16 +216,15 @@ impl Subsystem {
         let started = Instant::now();
         let run = gate_open.then(|| self.begin(rt));
         async move {
-            let outcome = match run {
-                None => this.pending_outcome("initialising"),
-                Some((run, joined)) => {
-                    let result = tokio::time::timeout(this.policy.timeout, run.result)
-                        .await
-                        .ok();
-                    let verdict = this.judge(result, joined);
-                    this.record(verdict, started.elapsed())
-                }
+            // Not a result: the first measurement after the gate opens is.
+            let Some((run, joined)) = run else {
+                return this.pending_outcome("initialising");
             };
+            let result = tokio::time::timeout(this.policy.timeout, run.result)
+                .await
+                .ok();
+            let verdict = this.judge(result, joined);
+            let outcome = this.record(verdict, started.elapsed());
             this.latest.store(Some(Arc::new(outcome.clone())));
             outcome
         }
@@ -259,7 +258,7 @@ impl Subsystem {
                 }
                 (None, Status::Fail, Some(why))
             }
-            Some(Err(why)) => (None, Status::Fail, Some(redact_paths(&why))),
+            Some(Err(why)) => (None, Status::Fail, Some(crate::redact::redact(&why))),
             Some(Ok(metric)) if !metric.is_finite() => (
                 None,
                 Status::Fail,
@@ -368,29 +367,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Replaces file-system paths in an error text with `<path>`: errors are shown to probe clients,
-/// and paths reveal the deployment's layout.
-pub fn redact_paths(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, word) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let core = word.trim_matches(|c: char| "'\"(),;:[]<>".contains(c));
-        let looks_like_path = (core.starts_with('/') && core.len() > 1)
-            || core.starts_with("~/")
-            || core.starts_with("./")
-            || core.starts_with("../")
-            || core.get(1..3).is_some_and(|s| s == ":\\");
-        if looks_like_path {
-            out.push_str(&word.replace(core, "<path>"));
-        } else {
-            out.push_str(word);
-        }
-    }
-    out
-}
-
 /// What one subsystem reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -460,7 +436,13 @@ pub fn start_round(
     let pending: Vec<_> = subsystems
         .iter()
         .map(|subsystem| {
-            if subsystem.policy.interval.is_some() {
+            // A gated background subsystem whose gate has opened but which has no result yet is
+            // measured by the round (joining the background run if one is pending), so that its
+            // first result follows the gate at once rather than a period later.
+            let first_since_gate = subsystem.gate.is_some()
+                && subsystem.latest.load().is_none()
+                && subsystem.gate_open();
+            if subsystem.policy.interval.is_some() && !first_since_gate {
                 let latest = subsystem.latest_outcome();
                 async move { latest }.boxed()
             } else {
@@ -651,26 +633,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
         assert_eq!(runs.load(Ordering::SeqCst), 3);
-    }
-
-    #[test]
-    fn paths_are_redacted_from_error_texts() {
-        assert_eq!(
-            redact_paths("cannot open /var/lib/phoenix/x.redb: denied"),
-            "cannot open <path>: denied"
-        );
-        assert_eq!(
-            redact_paths("file '/etc/secret' missing"),
-            "file '<path>' missing"
-        );
-        assert_eq!(
-            redact_paths("see ./conf.toml and C:\\data\\x"),
-            "see <path> and <path>"
-        );
-        assert_eq!(
-            redact_paths("ratio 1/2 is fine / ok"),
-            "ratio 1/2 is fine / ok"
-        );
     }
 
     #[tokio::test]

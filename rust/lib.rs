@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod cache;
 pub mod checks;
 pub mod exit_gate;
+pub mod redact;
 pub mod render;
 pub mod routes;
 pub mod service;

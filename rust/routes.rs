@@ -96,8 +96,10 @@ fn accepts_health_json(accept: &str) -> bool {
     })
 }
 
-/// Whether `authorization` carries `Bearer <token>`. The comparison takes the same time wherever the
-/// first difference is, so the token cannot be guessed byte by byte from response times.
+/// Whether `authorization` carries `Bearer <token>`. Response times must not help guess the token:
+/// both sides are hashed first and the digests compared in constant time, so neither the position
+/// of the first difference nor the token's length (a comparison of unequal lengths ends at once)
+/// shows in the time taken.
 pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
     let Some(given) = authorization.and_then(|value| {
         let (scheme, rest) = value.trim().split_once(' ')?;
@@ -105,7 +107,8 @@ pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
     }) else {
         return false;
     };
-    !token.is_empty() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    let digest = |text: &str| *blake3::hash(text.as_bytes()).as_bytes();
+    !token.is_empty() && bool::from(digest(given).ct_eq(&digest(token)))
 }
 
 #[cfg(test)]
@@ -222,5 +225,27 @@ mod tests {
         assert!(!bearer_matches(Some("s3cret"), "s3cret"));
         assert!(!bearer_matches(None, "s3cret"));
         assert!(!bearer_matches(Some("Bearer "), ""));
+    }
+
+    #[test]
+    fn a_prefix_or_an_extension_of_the_token_does_not_match() {
+        let token = "0123456789abcdef";
+        for len in 0..token.len() {
+            let prefix = format!("Bearer {}", &token[..len]);
+            assert!(!bearer_matches(Some(&prefix), token), "{prefix}");
+        }
+        for tail in ["0", "\u{e9}", "0123456789abcdef"] {
+            let extended = format!("Bearer {token}{tail}");
+            assert!(!bearer_matches(Some(&extended), token), "{extended}");
+        }
+        let long_token = token.repeat(64);
+        assert!(bearer_matches(
+            Some(&format!("Bearer {long_token}")),
+            &long_token
+        ));
+        assert!(!bearer_matches(
+            Some(&format!("Bearer {token}")),
+            &long_token
+        ));
     }
 }

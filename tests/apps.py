@@ -324,3 +324,14 @@ def non_ascii_name() -> Kernel:
     kernel = Kernel()
     kernel.add_ping("café")
     return kernel
+
+
+def leaky() -> Kernel:
+    """A check whose error carries a password twice, as database drivers' errors do."""
+    kernel = Kernel()
+
+    @kernel.subsystem("db", threshold=0.5)
+    async def db() -> float:
+        raise ConnectionError("could not connect to postgres://app:hunter2@db/app password=hunter2")
+
+    return kernel

@@ -110,6 +110,8 @@ pub struct Integrity {
     pub verified: u64,
     /// How many of the checked records failed their digest or could not be decoded.
     pub corrupt: u64,
+    /// The newest record that failed (records are checked newest first), for the log line.
+    pub newest_corrupt: Option<u64>,
 }
 
 /// Handle on the store, shared across threads (redb serialises writers itself, readers run
@@ -266,6 +268,12 @@ impl PlasticLtm {
         Ok(self.len()? == 0)
     }
 
+    /// How many write/read/delete probes this handle has run: each one is disk work (two durable
+    /// commits), which is why the kernel runs them on a fixed period rather than per request.
+    pub fn probes_run(&self) -> u64 {
+        self.probe_seq.load(Ordering::Relaxed)
+    }
+
     /// Cheap, bounded health check for periodic monitoring: proves the store can still commit
     /// (a write/read/delete probe in real transactions) and re-verifies the digests of the most
     /// recent records (at most 1024, and at most about 50 ms of verification), so it can run
@@ -290,12 +298,22 @@ impl PlasticLtm {
                 false
             }
         };
-        let (verified, corrupt) = self.verify_recent(max_records, budget)?;
+        let verification = self.verify_recent(max_records, budget)?;
+        if let Some(summary) = verification.summary() {
+            log::warn!("plastic_ltm: {summary}");
+        }
+        let Verification {
+            verified,
+            corrupt,
+            newest_corrupt,
+            ..
+        } = verification;
         Ok(Integrity {
             metric: integrity_metric(probe_ok, verified, corrupt),
             probe_ok,
             verified,
             corrupt,
+            newest_corrupt,
         })
     }
 
@@ -342,36 +360,39 @@ impl PlasticLtm {
     }
 
     /// Checks the newest records first, because those are the ones most likely to be read next
-    /// and the ones a failing disk most recently touched. Returns (checked, corrupt).
-    fn verify_recent(&self, max_records: usize, budget: Duration) -> Result<(u64, u64), LtmError> {
+    /// and the ones a failing disk most recently touched.
+    fn verify_recent(
+        &self,
+        max_records: usize,
+        budget: Duration,
+    ) -> Result<Verification, LtmError> {
         let started = Instant::now();
+        let mut verification = Verification::default();
         let txn = self.db.begin_read().map_err(storage_error)?;
         let records = match txn.open_table(RECORDS) {
             Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
+            Err(TableError::TableDoesNotExist(_)) => return Ok(verification),
             Err(err) => return Err(storage_error(err)),
         };
-        let mut verified = 0u64;
-        let mut corrupt = 0u64;
         for entry in records
             .iter()
             .map_err(storage_error)?
             .rev()
             .take(max_records)
         {
-            verified += 1;
+            verification.verified += 1;
             match entry {
                 Ok((key, value)) => {
                     if decode_verified(value.value()).is_none() {
-                        corrupt += 1;
-                        log::warn!("plastic_ltm: record {} failed verification", key.value());
+                        verification.corrupt += 1;
+                        verification.newest_corrupt.get_or_insert(key.value());
                     }
                 }
                 Err(err) => {
                     // The tree itself could not be walked: count the unreadable entry and stop,
                     // since the iterator's position can no longer be trusted.
-                    corrupt += 1;
-                    log::warn!("plastic_ltm: record could not be read: {err}");
+                    verification.corrupt += 1;
+                    verification.unreadable = Some(describe(err.into()));
                     break;
                 }
             }
@@ -380,7 +401,38 @@ impl PlasticLtm {
                 break;
             }
         }
-        Ok((verified, corrupt))
+        Ok(verification)
+    }
+}
+
+/// What one pass of [`PlasticLtm::verify_recent`] found.
+#[derive(Debug, Default)]
+struct Verification {
+    verified: u64,
+    corrupt: u64,
+    newest_corrupt: Option<u64>,
+    /// Why the walk stopped early, when the records' tree could not be read further.
+    unreadable: Option<String>,
+}
+
+impl Verification {
+    /// One line for the whole pass, or `None` when every record verified: a damaged store checked
+    /// every second must not write a line per bad record.
+    fn summary(&self) -> Option<String> {
+        if self.corrupt == 0 {
+            return None;
+        }
+        let mut line = format!(
+            "{} of the {} newest records failed verification",
+            self.corrupt, self.verified
+        );
+        if let Some(id) = self.newest_corrupt {
+            line.push_str(&format!(", the newest of them record {id}"));
+        }
+        if let Some(why) = &self.unreadable {
+            line.push_str(&format!("; stopped at an unreadable entry: {why}"));
+        }
+        Some(line)
     }
 }
 
@@ -683,7 +735,8 @@ mod tests {
                 metric: 1.0,
                 probe_ok: true,
                 verified: 0,
-                corrupt: 0
+                corrupt: 0,
+                newest_corrupt: None,
             }
         );
     }
@@ -771,6 +824,71 @@ mod tests {
             assert_eq!((report.verified, report.corrupt), (1, 1));
             assert_eq!(report.metric, 0.0);
         }
+    }
+
+    /// Log records written on the calling thread, so tests running in parallel do not see each
+    /// other's. Installed once for the whole test binary.
+    fn logged_on_this_thread(run: impl FnOnce()) -> Vec<(log::Level, String)> {
+        use std::sync::Mutex;
+        use std::thread::ThreadId;
+
+        struct Capture(Mutex<Vec<(ThreadId, log::Level, String)>>);
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, record: &log::Record<'_>) {
+                let line = (
+                    std::thread::current().id(),
+                    record.level(),
+                    record.args().to_string(),
+                );
+                self.0.lock().unwrap().push(line);
+            }
+            fn flush(&self) {}
+        }
+        static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+        if log::set_logger(&CAPTURE).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+
+        let me = std::thread::current().id();
+        let mine = |all: &Vec<(ThreadId, log::Level, String)>| {
+            all.iter().filter(|(thread, ..)| *thread == me).count()
+        };
+        let before = mine(&CAPTURE.0.lock().unwrap());
+        run();
+        let all = CAPTURE.0.lock().unwrap();
+        all.iter()
+            .filter(|(thread, ..)| *thread == me)
+            .skip(before)
+            .map(|(_, level, line)| (*level, line.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_check_of_a_corrupt_store_logs_one_summary_line() {
+        let dir = TempDir::new("log_summary");
+        let ltm = PlasticLtm::open(dir.path()).unwrap();
+        let ids: Vec<u64> = (0..10u8)
+            .map(|n| ltm.store(&[n; 8], &Metadata::new()).unwrap())
+            .collect();
+        for &id in &ids[2..7] {
+            tamper_with_data(&ltm, id);
+        }
+        let mut report = None;
+        let warnings: Vec<String> =
+            logged_on_this_thread(|| report = Some(ltm.integrity().unwrap()))
+                .into_iter()
+                .filter(|(level, _)| *level <= log::Level::Warn)
+                .map(|(_, line)| line)
+                .collect();
+        assert_eq!(
+            warnings,
+            ["plastic_ltm: 5 of the 10 newest records failed verification, the newest of them record 7"]
+        );
+        let report = report.unwrap();
+        assert_eq!((report.corrupt, report.newest_corrupt), (5, Some(ids[6])));
     }
 
     #[test]
