@@ -54,11 +54,7 @@ impl Clock {
 /// Appends `n` (below 1000) zero-padded to three digits.
 fn push_three_digits(out: &mut Vec<u8>, n: u32) {
     debug_assert!(n < 1000);
-    out.extend_from_slice(&[
-        b'0' + (n / 100) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]);
+    out.extend_from_slice(&[b'0' + (n / 100) as u8, b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
 }
 
 /// Lines are appended under one lock and written out under another, by the flusher thread alone, so
@@ -144,17 +140,15 @@ impl<W: Write + Send + 'static> AccessLog<W> {
     /// Flushes every `every` (sooner when the buffer fills) until the log is dropped.
     pub fn spawn_flusher(log: &Arc<Self>, every: Duration) -> io::Result<()> {
         let weak: Weak<Self> = Arc::downgrade(log);
-        let thread = std::thread::Builder::new()
-            .name("phoenix-access-log".into())
-            .spawn(move || loop {
-                std::thread::park_timeout(every);
-                match weak.upgrade() {
-                    Some(log) => {
-                        let _ = log.flush();
-                    }
-                    None => return,
+        let thread = std::thread::Builder::new().name("phoenix-access-log".into()).spawn(move || loop {
+            std::thread::park_timeout(every);
+            match weak.upgrade() {
+                Some(log) => {
+                    let _ = log.flush();
                 }
-            })?;
+                None => return,
+            }
+        })?;
         let _ = log.flusher.set(thread.thread().clone());
         Ok(())
     }
@@ -186,13 +180,7 @@ mod tests {
     #[test]
     fn cached_clock_formats_like_the_renderer() {
         let mut clock = Clock::default();
-        for millis in [
-            0,
-            1_700_000_000_123,
-            1_700_000_000_999,
-            1_700_000_001_000,
-            1_700_000_061_005,
-        ] {
+        for millis in [0, 1_700_000_000_123, 1_700_000_000_999, 1_700_000_001_000, 1_700_000_061_005] {
             let at = UNIX_EPOCH + Duration::from_millis(millis);
             let mut out = Vec::new();
             clock.write(at, &mut out);
@@ -220,10 +208,7 @@ mod tests {
         assert_eq!(sink.text(), "");
         log.flush().unwrap();
         let text = sink.text();
-        assert!(
-            text.ends_with(" INFO phoenix.api: GET /health 200 0.131ms\n"),
-            "{text}"
-        );
+        assert!(text.ends_with(" INFO phoenix.api: GET /health 200 0.131ms\n"), "{text}");
         assert!(text.starts_with("20"), "{text}");
     }
 
@@ -238,10 +223,7 @@ mod tests {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while sink.text().len() < FLUSH_AT_BYTES {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "flusher was not woken"
-            );
+            assert!(std::time::Instant::now() < deadline, "flusher was not woken");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -258,14 +240,7 @@ mod tests {
         log.flush().unwrap();
         let text = sink.text();
         assert!(text.len() < MAX_BUFFERED_BYTES + 10_000);
-        assert!(
-            text.lines()
-                .next()
-                .unwrap()
-                .contains("request log lines dropped"),
-            "{}",
-            &text[..200]
-        );
+        assert!(text.lines().next().unwrap().contains("request log lines dropped"), "{}", &text[..200]);
     }
 
     #[test]

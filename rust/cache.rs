@@ -44,12 +44,7 @@ pub struct TtlCache<T> {
 
 impl<T> TtlCache<T> {
     pub fn new(ttl: Duration, stale_for: Duration) -> Self {
-        Self {
-            ttl,
-            stale_for,
-            slot: ArcSwapOption::empty(),
-            refreshing: AtomicBool::new(false),
-        }
+        Self { ttl, stale_for, slot: ArcSwapOption::empty(), refreshing: AtomicBool::new(false) }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -92,9 +87,7 @@ impl<T> TtlCache<T> {
         self.refreshing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
-            .map(|_| Refresh {
-                cache: Arc::clone(self),
-            })
+            .map(|_| Refresh { cache: Arc::clone(self) })
     }
 
     /// Forgets the entry: the next caller refreshes.
@@ -104,10 +97,7 @@ impl<T> TtlCache<T> {
 
     /// Installs `value` directly; used to prime a cache that must never be cold.
     pub fn insert(&self, value: T) -> Arc<Entry<T>> {
-        let entry = Arc::new(Entry {
-            value,
-            born: Instant::now(),
-        });
+        let entry = Arc::new(Entry { value, born: Instant::now() });
         self.slot.store(Some(Arc::clone(&entry)));
         entry
     }
@@ -138,10 +128,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn cache(ttl_ms: u64, stale_ms: u64) -> Arc<TtlCache<u32>> {
-        Arc::new(TtlCache::new(
-            Duration::from_millis(ttl_ms),
-            Duration::from_millis(stale_ms),
-        ))
+        Arc::new(TtlCache::new(Duration::from_millis(ttl_ms), Duration::from_millis(stale_ms)))
     }
 
     #[test]
@@ -165,11 +152,7 @@ mod tests {
         assert!(matches!(c.lookup(), Lookup::Stale(_)));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(matches!(c.lookup(), Lookup::Missing));
-        assert_eq!(
-            c.newest().map(|e| e.value),
-            Some(7),
-            "the newest entry is kept"
-        );
+        assert_eq!(c.newest().map(|e| e.value), Some(7), "the newest entry is kept");
     }
 
     #[test]

@@ -47,13 +47,7 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(threshold: f64, timeout: Duration) -> Self {
-        Self {
-            threshold,
-            warn_threshold: None,
-            timeout,
-            interval: None,
-            failures_before_unready: 1,
-        }
+        Self { threshold, warn_threshold: None, timeout, interval: None, failures_before_unready: 1 }
     }
 }
 
@@ -132,10 +126,7 @@ impl Subsystem {
             probe,
             gate: None,
             current: Mutex::new(None),
-            history: Mutex::new(History {
-                status: Status::Pending,
-                consecutive_failures: 0,
-            }),
+            history: Mutex::new(History { status: Status::Pending, consecutive_failures: 0 }),
             latest: ArcSwapOption::empty(),
         }
     }
@@ -170,9 +161,8 @@ impl Subsystem {
         // A probe that can answer at once (most native checks) answers here, on the calling thread:
         // spawning it would cost a task and a thread hop for nothing. Any other is polled again, with
         // a real waker, by its task.
-        let at_once = catch_unwind(AssertUnwindSafe(|| {
-            work.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-        }));
+        let at_once =
+            catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut Context::from_waker(Waker::noop()))));
         let answered = match at_once {
             Ok(Poll::Ready(result)) => Some(result),
             Ok(Poll::Pending) => None,
@@ -180,10 +170,7 @@ impl Subsystem {
         };
         if let Some(result) = answered {
             finished.store(true, Ordering::Release);
-            let run = Run {
-                result: futures::future::ready(result).boxed().shared(),
-                finished,
-            };
+            let run = Run { result: futures::future::ready(result).boxed().shared(), finished };
             *current = Some(run.clone());
             return (run, false);
         }
@@ -195,9 +182,7 @@ impl Subsystem {
         let result = async move {
             match task.await {
                 Ok(result) => result,
-                Err(err) if err.is_panic() => {
-                    Err(format!("panicked: {}", panic_message(&*err.into_panic())))
-                }
+                Err(err) if err.is_panic() => Err(format!("panicked: {}", panic_message(&*err.into_panic()))),
                 Err(_) => Err("cancelled".to_owned()),
             }
         }
@@ -220,9 +205,7 @@ impl Subsystem {
             let Some((run, joined)) = run else {
                 return this.pending_outcome("initialising");
             };
-            let result = tokio::time::timeout(this.policy.timeout, run.result)
-                .await
-                .ok();
+            let result = tokio::time::timeout(this.policy.timeout, run.result).await.ok();
             let verdict = this.judge(result, joined);
             let outcome = this.record(verdict, started.elapsed());
             this.latest.store(Some(Arc::new(outcome.clone())));
@@ -243,11 +226,7 @@ impl Subsystem {
         }
     }
 
-    fn judge(
-        &self,
-        result: Option<CheckResult>,
-        joined: bool,
-    ) -> (Option<f64>, Status, Option<String>) {
+    fn judge(&self, result: Option<CheckResult>, joined: bool) -> (Option<f64>, Status, Option<String>) {
         let policy = &self.policy;
         let what = &self.measurement;
         match result {
@@ -259,22 +238,16 @@ impl Subsystem {
                 (None, Status::Fail, Some(why))
             }
             Some(Err(why)) => (None, Status::Fail, Some(crate::redact::redact(&why))),
-            Some(Ok(metric)) if !metric.is_finite() => (
-                None,
-                Status::Fail,
-                Some(format!("{what} is not a finite number")),
-            ),
-            Some(Ok(metric)) if metric <= policy.threshold => (
-                Some(metric),
-                Status::Fail,
-                Some(format!("{what} {metric:.2} <= {:.2}", policy.threshold)),
-            ),
+            Some(Ok(metric)) if !metric.is_finite() => {
+                (None, Status::Fail, Some(format!("{what} is not a finite number")))
+            }
+            Some(Ok(metric)) if metric <= policy.threshold => {
+                (Some(metric), Status::Fail, Some(format!("{what} {metric:.2} <= {:.2}", policy.threshold)))
+            }
             Some(Ok(metric)) => match policy.warn_threshold {
-                Some(warn) if metric <= warn => (
-                    Some(metric),
-                    Status::Warn,
-                    Some(format!("{what} {metric:.2} <= warn {warn:.2}")),
-                ),
+                Some(warn) if metric <= warn => {
+                    (Some(metric), Status::Warn, Some(format!("{what} {metric:.2} <= warn {warn:.2}")))
+                }
                 _ => (Some(metric), Status::Pass, None),
             },
         }
@@ -304,10 +277,7 @@ impl Subsystem {
                 self.name,
                 history.status.as_str(),
                 status.as_str(),
-                message
-                    .as_deref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default()
+                message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
             );
             if status.is_ready() {
                 log::info!(target: "phoenix.kernel", "{change}");
@@ -405,9 +375,7 @@ impl Report {
     }
 
     pub fn included<'a>(&'a self, excluded: &'a [&str]) -> impl Iterator<Item = &'a Outcome> + 'a {
-        self.outcomes
-            .iter()
-            .filter(move |o| !excluded.contains(&o.name.as_str()))
+        self.outcomes.iter().filter(move |o| !excluded.contains(&o.name.as_str()))
     }
 
     pub fn missing(&self) -> impl Iterator<Item = &Outcome> {
@@ -439,9 +407,8 @@ pub fn start_round(
             // A gated background subsystem whose gate has opened but which has no result yet is
             // measured by the round (joining the background run if one is pending), so that its
             // first result follows the gate at once rather than a period later.
-            let first_since_gate = subsystem.gate.is_some()
-                && subsystem.latest.load().is_none()
-                && subsystem.gate_open();
+            let first_since_gate =
+                subsystem.gate.is_some() && subsystem.latest.load().is_none() && subsystem.gate_open();
             if subsystem.policy.interval.is_some() && !first_since_gate {
                 let latest = subsystem.latest_outcome();
                 async move { latest }.boxed()
@@ -450,11 +417,7 @@ pub fn start_round(
             }
         })
         .collect();
-    async move {
-        Report {
-            outcomes: join_all(pending).await,
-        }
-    }
+    async move { Report { outcomes: join_all(pending).await } }
 }
 
 /// A probe made from a closure returning a future; handy for native checks and tests.
@@ -483,9 +446,7 @@ where
         async move {
             match tokio::task::spawn_blocking(move || measure()).await {
                 Ok(result) => result,
-                Err(err) if err.is_panic() => {
-                    Err(format!("panicked: {}", panic_message(&*err.into_panic())))
-                }
+                Err(err) if err.is_panic() => Err(format!("panicked: {}", panic_message(&*err.into_panic()))),
                 Err(_) => Err("cancelled".to_owned()),
             }
         }
@@ -498,12 +459,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    fn subsystem(
-        name: &str,
-        threshold: f64,
-        timeout_ms: u64,
-        probe: impl Probe + 'static,
-    ) -> Arc<Subsystem> {
+    fn subsystem(name: &str, threshold: f64, timeout_ms: u64, probe: impl Probe + 'static) -> Arc<Subsystem> {
         Arc::new(Subsystem::new(
             name,
             "metric",
@@ -552,10 +508,7 @@ mod tests {
         let report = round(&subs).await;
         let statuses: Vec<_> = report.outcomes.iter().map(|o| o.status).collect();
         assert_eq!(statuses, [Status::Pass, Status::Warn, Status::Fail]);
-        assert_eq!(
-            report.outcomes[1].message.as_deref(),
-            Some("metric 0.80 <= warn 0.80")
-        );
+        assert_eq!(report.outcomes[1].message.as_deref(), Some("metric 0.80 <= warn 0.80"));
         assert!(report.ready_without(&["fail"]));
         assert!(!report.ready());
     }
@@ -587,19 +540,12 @@ mod tests {
         let (probe, runs) = scripted(&[1.0]);
         let open = Arc::new(AtomicBool::new(false));
         let gate_flag = Arc::clone(&open);
-        let sub = Subsystem::new(
-            "native",
-            "metric",
-            Policy::new(0.5, Duration::from_millis(100)),
-            Box::new(probe),
-        )
-        .with_gate(Arc::new(move || gate_flag.load(Ordering::SeqCst)));
+        let sub =
+            Subsystem::new("native", "metric", Policy::new(0.5, Duration::from_millis(100)), Box::new(probe))
+                .with_gate(Arc::new(move || gate_flag.load(Ordering::SeqCst)));
         let subs = [Arc::new(sub)];
         let outcome = round(&subs).await.outcomes[0].clone();
-        assert_eq!(
-            (outcome.status, outcome.message.as_deref()),
-            (Status::Pending, Some("initialising"))
-        );
+        assert_eq!((outcome.status, outcome.message.as_deref()), (Status::Pending, Some("initialising")));
         assert_eq!(runs.load(Ordering::SeqCst), 0);
         open.store(true, Ordering::SeqCst);
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
@@ -613,19 +559,9 @@ mod tests {
         let sub = with_policy("bg", policy, probe);
         let subs = [Arc::clone(&sub)];
         let before = round(&subs).await.outcomes[0].clone();
-        assert_eq!(
-            (before.status, before.message.as_deref()),
-            (Status::Pending, Some("no result yet"))
-        );
-        assert_eq!(
-            runs.load(Ordering::SeqCst),
-            0,
-            "rounds do not run background checks"
-        );
-        tokio::spawn(Subsystem::run_in_background(
-            Arc::downgrade(&sub),
-            Handle::current(),
-        ));
+        assert_eq!((before.status, before.message.as_deref()), (Status::Pending, Some("no result yet")));
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "rounds do not run background checks");
+        tokio::spawn(Subsystem::run_in_background(Arc::downgrade(&sub), Handle::current()));
         // Ticks at 0, 30, 60, ... ms of the paused clock: the first run fails, the third passes.
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Fail);
@@ -644,9 +580,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn checks_run_concurrently() {
-        let subs: Vec<_> = (0..3)
-            .map(|i| subsystem(&format!("s{i}"), 0.5, 1_000, sleeping(100, 1.0)))
-            .collect();
+        let subs: Vec<_> =
+            (0..3).map(|i| subsystem(&format!("s{i}"), 0.5, 1_000, sleeping(100, 1.0))).collect();
         let started = Instant::now();
         let report = round(&subs).await;
         assert!(report.ready(), "{report:?}");
@@ -665,34 +600,20 @@ mod tests {
 
     #[tokio::test]
     async fn metric_must_be_strictly_above_threshold() {
-        let subs = [
-            subsystem("above", 0.9, 100, sleeping(0, 0.91)),
-            subsystem("equal", 0.9, 100, sleeping(0, 0.9)),
-        ];
+        let subs =
+            [subsystem("above", 0.9, 100, sleeping(0, 0.91)), subsystem("equal", 0.9, 100, sleeping(0, 0.9))];
         let report = round(&subs).await;
         assert!(!report.ready());
         assert!(report.outcomes[0].ready());
         assert!(!report.outcomes[1].ready());
-        assert_eq!(
-            report.outcomes[1].message.as_deref(),
-            Some("metric 0.90 <= 0.90")
-        );
-        assert_eq!(
-            report
-                .missing()
-                .map(|o| o.name.as_str())
-                .collect::<Vec<_>>(),
-            ["equal"]
-        );
+        assert_eq!(report.outcomes[1].message.as_deref(), Some("metric 0.90 <= 0.90"));
+        assert_eq!(report.missing().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["equal"]);
     }
 
     #[tokio::test]
     async fn nan_metric_fails() {
         let report = round(&[subsystem("nan", 0.1, 100, sleeping(0, f64::NAN))]).await;
-        assert_eq!(
-            report.outcomes[0].message.as_deref(),
-            Some("metric is not a finite number")
-        );
+        assert_eq!(report.outcomes[0].message.as_deref(), Some("metric is not a finite number"));
     }
 
     #[tokio::test]
@@ -707,15 +628,9 @@ mod tests {
     #[tokio::test]
     async fn panicking_check_fails_without_taking_the_round_down() {
         let probe = FnProbe(|| async { panic!("kaboom") });
-        let subs = [
-            subsystem("p", 0.1, 100, probe),
-            subsystem("ok", 0.1, 100, sleeping(0, 1.0)),
-        ];
+        let subs = [subsystem("p", 0.1, 100, probe), subsystem("ok", 0.1, 100, sleeping(0, 1.0))];
         let report = round(&subs).await;
-        assert_eq!(
-            report.outcomes[0].message.as_deref(),
-            Some("panicked: kaboom")
-        );
+        assert_eq!(report.outcomes[0].message.as_deref(), Some("panicked: kaboom"));
         assert!(report.outcomes[1].ready());
     }
 
@@ -729,20 +644,14 @@ mod tests {
     #[tokio::test]
     async fn probe_that_panics_while_starting_fails() {
         let report = round(&[subsystem("p", 0.1, 100, PanicsOnStart)]).await;
-        assert_eq!(
-            report.outcomes[0].message.as_deref(),
-            Some("panicked: no start")
-        );
+        assert_eq!(report.outcomes[0].message.as_deref(), Some("panicked: no start"));
     }
 
     #[tokio::test]
     async fn blocking_probe_panic_is_reported() {
         let probe = BlockingProbe(Arc::new(|| -> CheckResult { panic!("blocking boom") }));
         let report = round(&[subsystem("b", 0.1, 1_000, probe)]).await;
-        assert_eq!(
-            report.outcomes[0].message.as_deref(),
-            Some("panicked: blocking boom")
-        );
+        assert_eq!(report.outcomes[0].message.as_deref(), Some("panicked: blocking boom"));
     }
 
     #[tokio::test(start_paused = true)]

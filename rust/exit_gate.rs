@@ -19,13 +19,7 @@ struct State {
 
 impl Gate {
     pub const fn new() -> Self {
-        Self {
-            state: Mutex::new(State {
-                open: true,
-                inside: 0,
-            }),
-            left: Condvar::new(),
-        }
+        Self { state: Mutex::new(State { open: true, inside: 0 }), left: Condvar::new() }
     }
 
     /// Runs `work` unless the gate is closed (then `None`, and `work` is dropped unrun).
@@ -45,11 +39,7 @@ impl Gate {
             if remaining.is_zero() {
                 return false;
             }
-            state = self
-                .left
-                .wait_timeout(state, remaining)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = self.left.wait_timeout(state, remaining).unwrap_or_else(PoisonError::into_inner).0;
         }
         true
     }
@@ -98,11 +88,7 @@ mod tests {
     fn an_open_gate_runs_the_work() {
         let gate = Gate::new();
         assert_eq!(gate.pass(|| 7), Some(7));
-        assert_eq!(
-            gate.pass(|| gate.pass(|| 8)),
-            Some(Some(8)),
-            "passages nest"
-        );
+        assert_eq!(gate.pass(|| gate.pass(|| 8)), Some(Some(8)), "passages nest");
         assert!(gate.close(Duration::ZERO), "no one is left inside");
     }
 
@@ -132,10 +118,7 @@ mod tests {
         };
         entered.recv().unwrap();
         assert!(gate.close(Duration::from_secs(30)));
-        assert!(
-            finished.load(Ordering::SeqCst),
-            "close returned while work was still inside"
-        );
+        assert!(finished.load(Ordering::SeqCst), "close returned while work was still inside");
         assert_eq!(worker.join().unwrap(), Some(()));
     }
 

@@ -55,9 +55,7 @@ fn redact_url_credentials(text: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
-        let word_len = tail
-            .find(|c: char| c.is_whitespace() || "\"'<>`".contains(c))
-            .unwrap_or(tail.len());
+        let word_len = tail.find(|c: char| c.is_whitespace() || "\"'<>`".contains(c)).unwrap_or(tail.len());
         let (word, after) = tail.split_at(word_len);
         match word.rfind('@') {
             Some(end) => {
@@ -125,10 +123,7 @@ fn secret_after(text: &str, key: &str, key_end: usize) -> Option<(usize, usize)>
     let (start, end) = match bytes.get(start) {
         Some(&quote @ (b'"' | b'\'')) => {
             let inner = start + 1;
-            let end = bytes[inner..]
-                .iter()
-                .position(|&b| b == quote)
-                .map_or(bytes.len(), |len| inner + len);
+            let end = bytes[inner..].iter().position(|&b| b == quote).map_or(bytes.len(), |len| inner + len);
             (inner, end)
         }
         _ => {
@@ -203,8 +198,7 @@ mod tests {
 
     #[test]
     fn the_issues_example_keeps_no_password() {
-        let text =
-            "ConnectionError: could not connect to postgres://app:hunter2@db/app password=hunter2";
+        let text = "ConnectionError: could not connect to postgres://app:hunter2@db/app password=hunter2";
         assert_eq!(
             redact(text),
             "ConnectionError: could not connect to postgres://app:<redacted>@db/app password=<redacted>"
@@ -221,14 +215,8 @@ mod tests {
             redact("redis://:s3cr/et@cache:6379/0 refused"),
             "redis://:<redacted>@cache:6379/0 refused"
         );
-        assert_eq!(
-            redact("amqp://guest:pa@ss@mq/ down"),
-            "amqp://guest:<redacted>@mq/ down"
-        );
-        assert_eq!(
-            redact("no route to http://db:5432/app"),
-            "no route to http://db:5432/app"
-        );
+        assert_eq!(redact("amqp://guest:pa@ss@mq/ down"), "amqp://guest:<redacted>@mq/ down");
+        assert_eq!(redact("no route to http://db:5432/app"), "no route to http://db:5432/app");
     }
 
     #[test]
@@ -236,10 +224,7 @@ mod tests {
         let cases = [
             ("password=hunter2", "password=<redacted>"),
             ("PGPASSWORD=hunter2 psql", "PGPASSWORD=<redacted> psql"),
-            (
-                "passwd = hunter2, user=app",
-                "passwd = <redacted>, user=app",
-            ),
+            ("passwd = hunter2, user=app", "passwd = <redacted>, user=app"),
             ("pwd:hunter2", "pwd:<redacted>"),
             ("password: hunter2", "password: <redacted>"),
             ("?api_key=abc&limit=5", "?api_key=<redacted>&limit=5"),
@@ -247,10 +232,7 @@ mod tests {
             ("access_token=abc", "access_token=<redacted>"),
             ("X-Api-Key: abc", "X-Api-Key: <redacted>"),
             ("client_secret='a b c'", "client_secret='<redacted>'"),
-            (
-                r#"{"token": "abc", "user": "app"}"#,
-                r#"{"token": "<redacted>", "user": "app"}"#,
-            ),
+            (r#"{"token": "abc", "user": "app"}"#, r#"{"token": "<redacted>", "user": "app"}"#),
             ("secret=\"never closed", "secret=\"<redacted>"),
         ];
         for (text, expected) in cases {
@@ -260,22 +242,13 @@ mod tests {
 
     #[test]
     fn bearer_and_authorization_values_are_redacted() {
-        assert_eq!(
-            redact("401 for Bearer abc.def-ghi"),
-            "401 for Bearer <redacted>"
-        );
-        assert_eq!(
-            redact("sent Authorization: Bearer abc"),
-            "sent Authorization: Bearer <redacted>"
-        );
+        assert_eq!(redact("401 for Bearer abc.def-ghi"), "401 for Bearer <redacted>");
+        assert_eq!(redact("sent Authorization: Bearer abc"), "sent Authorization: Bearer <redacted>");
         assert_eq!(
             redact("authorization=Basic dXNlcjpwYXNz rejected"),
             "authorization=Basic <redacted> rejected"
         );
-        assert_eq!(
-            redact("Authorization: raw-token"),
-            "Authorization: <redacted>"
-        );
+        assert_eq!(redact("Authorization: raw-token"), "Authorization: <redacted>");
     }
 
     #[test]
@@ -306,17 +279,8 @@ mod tests {
 
     #[test]
     fn paths_are_redacted() {
-        assert_eq!(
-            redact("cannot open /var/lib/phoenix/x.redb: denied"),
-            "cannot open <path>: denied"
-        );
-        assert_eq!(
-            redact("file '/etc/secret' missing"),
-            "file '<path>' missing"
-        );
-        assert_eq!(
-            redact("see ./conf.toml and C:\\data\\x"),
-            "see <path> and <path>"
-        );
+        assert_eq!(redact("cannot open /var/lib/phoenix/x.redb: denied"), "cannot open <path>: denied");
+        assert_eq!(redact("file '/etc/secret' missing"), "file '<path>' missing");
+        assert_eq!(redact("see ./conf.toml and C:\\data\\x"), "see <path> and <path>");
     }
 }

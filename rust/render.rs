@@ -6,6 +6,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use crate::checks::{Outcome, Report, Status};
+use crate::routes::ALLOWED_METHODS;
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-27T08:50:54.123Z`.
 pub fn timestamp(at: SystemTime) -> String {
@@ -20,11 +21,7 @@ struct Health<'a> {
 }
 
 pub fn health(uptime: Duration, now: SystemTime) -> Vec<u8> {
-    to_json(&Health {
-        status: "healthy",
-        uptime_seconds: uptime.as_secs(),
-        timestamp: &timestamp(now),
-    })
+    to_json(&Health { status: "healthy", uptime_seconds: uptime.as_secs(), timestamp: &timestamp(now) })
 }
 
 /// How a readiness answer is presented; chosen per request from the query and headers.
@@ -48,16 +45,8 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
-    pub const PUBLIC_JSON: View<'static> = View {
-        format: Format::Json,
-        details: false,
-        exclude: Vec::new(),
-    };
-    pub const FULL_JSON: View<'static> = View {
-        format: Format::Json,
-        details: true,
-        exclude: Vec::new(),
-    };
+    pub const PUBLIC_JSON: View<'static> = View { format: Format::Json, details: false, exclude: Vec::new() };
+    pub const FULL_JSON: View<'static> = View { format: Format::Json, details: true, exclude: Vec::new() };
 }
 
 /// A rendered response: status, content type and body.
@@ -73,12 +62,18 @@ pub const HEALTH_JSON: &str = "application/health+json";
 pub const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Body {
-    fn json(status: u16, value: &impl Serialize) -> Self {
-        Self {
-            status,
-            content_type: JSON,
-            bytes: to_json(value),
+    /// The headers this body is sent with.
+    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        match (self.status, self.content_type) {
+            (405, _) => &[("content-type", JSON), ("allow", ALLOWED_METHODS)],
+            (_, HEALTH_JSON) => &[("content-type", HEALTH_JSON)],
+            (_, TEXT) => &[("content-type", TEXT)],
+            _ => &[("content-type", JSON)],
         }
+    }
+
+    fn json(status: u16, value: &impl Serialize) -> Self {
+        Self { status, content_type: JSON, bytes: to_json(value) }
     }
 }
 
@@ -208,23 +203,11 @@ struct HealthJson<'a> {
 fn health_json(outcomes: &[&Outcome], details: bool) -> Body {
     let status = overall(outcomes);
     let output = (status == "fail" && details).then(|| {
-        let failing: Vec<_> = outcomes
-            .iter()
-            .filter(|o| !o.ready())
-            .map(|o| o.name.as_str())
-            .collect();
+        let failing: Vec<_> = outcomes.iter().filter(|o| !o.ready()).map(|o| o.name.as_str()).collect();
         format!("not ready: {}", failing.join(", "))
     });
-    let body = HealthJson {
-        status,
-        output,
-        checks: details.then_some(Checks(outcomes)),
-    };
-    Body {
-        status: code(status != "fail"),
-        content_type: HEALTH_JSON,
-        bytes: to_json(&body),
-    }
+    let body = HealthJson { status, output, checks: details.then_some(Checks(outcomes)) };
+    Body { status: code(status != "fail"), content_type: HEALTH_JSON, bytes: to_json(&body) }
 }
 
 fn verbose_line(o: &Outcome) -> String {
@@ -250,16 +233,8 @@ fn verbose(outcomes: &[&Outcome], excluded: &[&Outcome], details: bool) -> Body 
             text.push_str(&format!("[+]{} excluded: ok\n", o.name));
         }
     }
-    text.push_str(if ready {
-        "readyz check passed\n"
-    } else {
-        "readyz check failed\n"
-    });
-    Body {
-        status: code(ready),
-        content_type: TEXT,
-        bytes: text.into_bytes(),
-    }
+    text.push_str(if ready { "readyz check passed\n" } else { "readyz check failed\n" });
+    Body { status: code(ready), content_type: TEXT, bytes: text.into_bytes() }
 }
 
 /// The `/ready` answer for a report, as `view` asks.
@@ -268,21 +243,14 @@ pub fn ready(report: &Report, view: &View<'_>) -> Body {
     match view.format {
         Format::HealthJson => health_json(&outcomes, view.details),
         Format::Verbose => {
-            let excluded: Vec<&Outcome> = report
-                .outcomes
-                .iter()
-                .filter(|o| view.exclude.contains(&o.name.as_str()))
-                .collect();
+            let excluded: Vec<&Outcome> =
+                report.outcomes.iter().filter(|o| view.exclude.contains(&o.name.as_str())).collect();
             verbose(&outcomes, &excluded, view.details)
         }
         Format::Json => {
             let ready = outcomes.iter().all(|o| o.ready());
             let names = |want: bool| -> Vec<&str> {
-                outcomes
-                    .iter()
-                    .filter(|o| o.ready() == want)
-                    .map(|o| o.name.as_str())
-                    .collect()
+                outcomes.iter().filter(|o| o.ready() == want).map(|o| o.name.as_str()).collect()
             };
             let body = Ready {
                 status: if ready { "ready" } else { "not_ready" },
@@ -312,19 +280,10 @@ pub fn subsystem(outcome: &Outcome, view: &View<'_>) -> Body {
     match view.format {
         Format::HealthJson => health_json(&[outcome], view.details),
         Format::Verbose => verbose(&[outcome], &[], view.details),
-        Format::Json if view.details => Body::json(
-            code(outcome.ready()),
-            &One {
-                name: &outcome.name,
-                detail: Detail::of(outcome),
-            },
-        ),
-        Format::Json => Body::json(
-            code(outcome.ready()),
-            &StatusOnly {
-                status: outcome.status.as_str(),
-            },
-        ),
+        Format::Json if view.details => {
+            Body::json(code(outcome.ready()), &One { name: &outcome.name, detail: Detail::of(outcome) })
+        }
+        Format::Json => Body::json(code(outcome.ready()), &StatusOnly { status: outcome.status.as_str() }),
     }
 }
 
@@ -335,17 +294,11 @@ pub fn draining(format: Format) -> Body {
         Format::HealthJson => Body {
             status: 503,
             content_type: HEALTH_JSON,
-            bytes: to_json(&HealthJson {
-                status: "fail",
-                output: Some("draining".to_owned()),
-                checks: None,
-            }),
+            bytes: to_json(&HealthJson { status: "fail", output: Some("draining".to_owned()), checks: None }),
         },
-        Format::Verbose => Body {
-            status: 503,
-            content_type: TEXT,
-            bytes: b"readyz check failed: draining\n".to_vec(),
-        },
+        Format::Verbose => {
+            Body { status: 503, content_type: TEXT, bytes: b"readyz check failed: draining\n".to_vec() }
+        }
     }
 }
 
@@ -379,11 +332,7 @@ pub fn reason(code: u16) -> &'static str {
 }
 
 pub fn error(code: u16, now: SystemTime) -> Vec<u8> {
-    to_json(&Error {
-        error: reason(code),
-        code,
-        timestamp: &timestamp(now),
-    })
+    to_json(&Error { error: reason(code), code, timestamp: &timestamp(now) })
 }
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
@@ -417,23 +366,14 @@ mod tests {
         Report {
             outcomes: vec![
                 outcome("db", None, Status::Fail, Some("timed out after 500 ms")),
-                outcome(
-                    "cache",
-                    Some(0.7),
-                    Status::Warn,
-                    Some("metric 0.70 <= warn 0.80"),
-                ),
+                outcome("cache", Some(0.7), Status::Warn, Some("metric 0.70 <= warn 0.80")),
                 outcome("disk", Some(1.0), Status::Pass, None),
             ],
         }
     }
 
     fn view(format: Format, details: bool, exclude: Vec<&str>) -> View<'_> {
-        View {
-            format,
-            details,
-            exclude,
-        }
+        View { format, details, exclude }
     }
 
     #[test]
@@ -477,19 +417,13 @@ mod tests {
         assert_eq!(v["subsystems"]["db"]["error"], "timed out after 500 ms");
         assert_eq!(v["subsystems"]["db"]["metric"], Value::Null);
         assert_eq!(v["subsystems"]["cache"]["status"], "warn");
-        assert_eq!(
-            v["subsystems"]["cache"]["warning"],
-            "metric 0.70 <= warn 0.80"
-        );
+        assert_eq!(v["subsystems"]["cache"]["warning"], "metric 0.70 <= warn 0.80");
         assert!(v["subsystems"]["disk"].get("error").is_none());
     }
 
     #[test]
     fn hidden_details_show_only_the_status() {
-        assert_eq!(
-            parse(&ready(&mixed(), &View::PUBLIC_JSON)),
-            json!({"status": "not_ready"})
-        );
+        assert_eq!(parse(&ready(&mixed(), &View::PUBLIC_JSON)), json!({"status": "not_ready"}));
         let text = ready(&mixed(), &view(Format::Verbose, false, vec![])).bytes;
         assert_eq!(text, b"readyz check failed\n");
         assert_eq!(
@@ -541,10 +475,7 @@ mod tests {
         assert_eq!(disk["observedUnit"], "ratio");
         assert!(disk.get("output").is_none());
         let passing = ready(&mixed(), &view(Format::HealthJson, true, vec!["db"]));
-        assert_eq!(
-            (passing.status, parse(&passing)["status"].clone()),
-            (200, json!("warn"))
-        );
+        assert_eq!((passing.status, parse(&passing)["status"].clone()), (200, json!("warn")));
     }
 
     #[test]
@@ -555,28 +486,16 @@ mod tests {
         assert_eq!(parse(&body)["name"], "cache");
         assert_eq!(parse(&body)["warning"], "metric 0.70 <= warn 0.80");
         let failing = subsystem(&report.outcomes[0], &View::PUBLIC_JSON);
-        assert_eq!(
-            (failing.status, parse(&failing)),
-            (503, json!({"status": "fail"}))
-        );
+        assert_eq!((failing.status, parse(&failing)), (503, json!({"status": "fail"})));
     }
 
     #[test]
     fn draining_live_and_startup_bodies() {
-        assert_eq!(
-            parse(&draining(Format::Json)),
-            json!({"status": "draining"})
-        );
+        assert_eq!(parse(&draining(Format::Json)), json!({"status": "draining"}));
         assert_eq!(draining(Format::Verbose).status, 503);
         assert_eq!(parse(&live()), json!({"status": "alive"}));
-        assert_eq!(
-            (startup(false).status, parse(&startup(false))),
-            (503, json!({"status": "starting"}))
-        );
-        assert_eq!(
-            (startup(true).status, parse(&startup(true))),
-            (200, json!({"status": "started"}))
-        );
+        assert_eq!((startup(false).status, parse(&startup(false))), (503, json!({"status": "starting"})));
+        assert_eq!((startup(true).status, parse(&startup(true))), (200, json!({"status": "started"})));
     }
 
     #[test]

@@ -41,14 +41,8 @@ pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
         },
     };
     match method {
-        "GET" => Route::Serve {
-            endpoint,
-            head: false,
-        },
-        "HEAD" => Route::Serve {
-            endpoint,
-            head: true,
-        },
+        "GET" => Route::Serve { endpoint, head: false },
+        "HEAD" => Route::Serve { endpoint, head: true },
         _ => Route::MethodNotAllowed,
     }
 }
@@ -90,9 +84,7 @@ impl Query {
 
 fn accepts_health_json(accept: &str) -> bool {
     accept.split(',').any(|item| {
-        item.split(';')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/health+json"))
+        item.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/health+json"))
     })
 }
 
@@ -117,40 +109,13 @@ mod tests {
 
     #[test]
     fn get_and_head_are_served() {
-        assert_eq!(
-            route("GET", "/health"),
-            Route::Serve {
-                endpoint: Endpoint::Health,
-                head: false
-            }
-        );
-        assert_eq!(
-            route("HEAD", "/ready"),
-            Route::Serve {
-                endpoint: Endpoint::Ready,
-                head: true
-            }
-        );
-        assert_eq!(
-            route("GET", "/live"),
-            Route::Serve {
-                endpoint: Endpoint::Live,
-                head: false
-            }
-        );
-        assert_eq!(
-            route("GET", "/startup"),
-            Route::Serve {
-                endpoint: Endpoint::Startup,
-                head: false
-            }
-        );
+        assert_eq!(route("GET", "/health"), Route::Serve { endpoint: Endpoint::Health, head: false });
+        assert_eq!(route("HEAD", "/ready"), Route::Serve { endpoint: Endpoint::Ready, head: true });
+        assert_eq!(route("GET", "/live"), Route::Serve { endpoint: Endpoint::Live, head: false });
+        assert_eq!(route("GET", "/startup"), Route::Serve { endpoint: Endpoint::Startup, head: false });
         assert_eq!(
             route("GET", "/ready/world_model"),
-            Route::Serve {
-                endpoint: Endpoint::ReadyOne("world_model"),
-                head: false
-            }
+            Route::Serve { endpoint: Endpoint::ReadyOne("world_model"), head: false }
         );
     }
 
@@ -158,25 +123,13 @@ mod tests {
     fn other_methods_are_not_allowed() {
         for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get"] {
             assert_eq!(route(method, "/ready"), Route::MethodNotAllowed, "{method}");
-            assert_eq!(
-                route(method, "/ready/db"),
-                Route::MethodNotAllowed,
-                "{method}"
-            );
+            assert_eq!(route(method, "/ready/db"), Route::MethodNotAllowed, "{method}");
         }
     }
 
     #[test]
     fn unknown_paths_are_not_found_whatever_the_method() {
-        for path in [
-            "/",
-            "/healthz",
-            "/health/",
-            "/ready/",
-            "/ready/a/b",
-            "/livez",
-            "",
-        ] {
+        for path in ["/", "/healthz", "/health/", "/ready/", "/ready/a/b", "/livez", ""] {
             assert_eq!(route("GET", path), Route::NotFound, "{path}");
             assert_eq!(route("POST", path), Route::NotFound, "{path}");
         }
@@ -188,14 +141,8 @@ mod tests {
         assert!(q.verbose);
         assert_eq!(q.exclude, ["db", "cache"]);
         assert_eq!(q.format(None), Format::Verbose);
-        assert_eq!(
-            Query::parse("format=health+json").format(None),
-            Format::HealthJson
-        );
-        assert_eq!(
-            Query::parse("format=health%2Bjson").format(None),
-            Format::HealthJson
-        );
+        assert_eq!(Query::parse("format=health+json").format(None), Format::HealthJson);
+        assert_eq!(Query::parse("format=health%2Bjson").format(None), Format::HealthJson);
         assert_eq!(Query::parse("").format(None), Format::Json);
         assert_eq!(Query::parse("verbose=false").format(None), Format::Json);
     }
@@ -203,14 +150,8 @@ mod tests {
     #[test]
     fn accept_header_selects_health_json() {
         let q = Query::default();
-        assert_eq!(
-            q.format(Some("application/health+json")),
-            Format::HealthJson
-        );
-        assert_eq!(
-            q.format(Some("text/html, application/health+json;q=0.9")),
-            Format::HealthJson
-        );
+        assert_eq!(q.format(Some("application/health+json")), Format::HealthJson);
+        assert_eq!(q.format(Some("text/html, application/health+json;q=0.9")), Format::HealthJson);
         assert_eq!(q.format(Some("application/json")), Format::Json);
         assert_eq!(q.format(Some("*/*")), Format::Json);
     }
@@ -239,13 +180,7 @@ mod tests {
             assert!(!bearer_matches(Some(&extended), token), "{extended}");
         }
         let long_token = token.repeat(64);
-        assert!(bearer_matches(
-            Some(&format!("Bearer {long_token}")),
-            &long_token
-        ));
-        assert!(!bearer_matches(
-            Some(&format!("Bearer {token}")),
-            &long_token
-        ));
+        assert!(bearer_matches(Some(&format!("Bearer {long_token}")), &long_token));
+        assert!(!bearer_matches(Some(&format!("Bearer {token}")), &long_token));
     }
 }

@@ -45,9 +45,7 @@ impl Details {
             ("never", _) => Ok(Self::Never),
             ("token", Some(token)) if !token.is_empty() => Ok(Self::Token(token)),
             ("token", _) => Err("details = \"token\" needs a non-empty token".to_owned()),
-            (other, _) => Err(format!(
-                "details must be \"always\", \"never\" or \"token\", not {other:?}"
-            )),
+            (other, _) => Err(format!("details must be \"always\", \"never\" or \"token\", not {other:?}")),
         }
     }
 }
@@ -65,10 +63,7 @@ impl DetailsPolicy {
     const TOKEN: u8 = 2;
 
     fn new(details: Details) -> Self {
-        let policy = Self {
-            mode: AtomicU8::new(Self::ALWAYS),
-            token: Mutex::new(String::new()),
-        };
+        let policy = Self { mode: AtomicU8::new(Self::ALWAYS), token: Mutex::new(String::new()) };
         policy.set(details);
         policy
     }
@@ -124,12 +119,34 @@ impl Default for CheckOptions {
     }
 }
 
+#[derive(Debug)]
 pub struct Settings {
     pub health_ttl: Duration,
     pub ready_ttl: Duration,
     /// The timeout of checks registered without their own.
     pub check_timeout: Duration,
     pub details: Details,
+}
+
+impl Settings {
+    /// From plain values as a binding receives them (milliseconds, a mode's name), validated.
+    pub fn from_millis(
+        health_ttl_ms: u64,
+        ready_ttl_ms: u64,
+        check_timeout_ms: u64,
+        details: &str,
+        token: Option<String>,
+    ) -> Result<Self, String> {
+        if check_timeout_ms == 0 {
+            return Err("check_timeout_ms must be positive".to_owned());
+        }
+        Ok(Self {
+            health_ttl: Duration::from_millis(health_ttl_ms),
+            ready_ttl: Duration::from_millis(ready_ttl_ms),
+            check_timeout: Duration::from_millis(check_timeout_ms),
+            details: Details::parse(details, token)?,
+        })
+    }
 }
 
 /// A response ready to send. `memo` is a slot for a binding's own form of it (e.g. the Python objects a
@@ -141,10 +158,7 @@ pub struct Response {
 
 impl Response {
     pub fn new(body: Body) -> Arc<Self> {
-        Arc::new(Self {
-            body,
-            memo: OnceLock::new(),
-        })
+        Arc::new(Self { body, memo: OnceLock::new() })
     }
 
     /// The memo, once set, if it is a `T`.
@@ -273,16 +287,8 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(
-        settings: Settings,
-        runtime: impl Fn() -> Handle + Send + Sync + 'static,
-    ) -> Arc<Self> {
-        let Settings {
-            health_ttl,
-            ready_ttl,
-            check_timeout,
-            details,
-        } = settings;
+    pub fn new(settings: Settings, runtime: impl Fn() -> Handle + Send + Sync + 'static) -> Arc<Self> {
+        let Settings { health_ttl, ready_ttl, check_timeout, details } = settings;
         let service = Self {
             started: Instant::now(),
             // A stale entry may be served for one more TTL while its refresh runs; past that, callers
@@ -314,10 +320,7 @@ impl Service {
 
     pub fn add(&self, subsystem: Subsystem) -> Result<(), String> {
         if self.subsystem_names().contains(&subsystem.name) {
-            return Err(format!(
-                "a subsystem named {:?} is already registered",
-                subsystem.name
-            ));
+            return Err(format!("a subsystem named {:?} is already registered", subsystem.name));
         }
         let subsystem = Arc::new(subsystem);
         self.subsystems.rcu(|current| {
@@ -333,13 +336,8 @@ impl Service {
 
     /// The policy for `options`, or why they are invalid.
     pub fn policy(&self, options: &CheckOptions) -> Result<Policy, String> {
-        let CheckOptions {
-            threshold,
-            warn_threshold,
-            timeout_ms,
-            interval_ms,
-            failures_before_unready,
-        } = *options;
+        let CheckOptions { threshold, warn_threshold, timeout_ms, interval_ms, failures_before_unready } =
+            *options;
         if !threshold.is_finite() {
             return Err("threshold must be a finite number".to_owned());
         }
@@ -389,11 +387,7 @@ impl Service {
     }
 
     pub fn subsystem_names(&self) -> Vec<String> {
-        self.subsystems
-            .load()
-            .iter()
-            .map(|s| s.name.clone())
-            .collect()
+        self.subsystems.load().iter().map(|s| s.name.clone()).collect()
     }
 
     /// Starts background work once: native initialisation and background checks.
@@ -418,10 +412,7 @@ impl Service {
     fn spawn_background(&self, subsystem: &Arc<Subsystem>) {
         if subsystem.policy.interval.is_some() {
             let rt = (self.runtime)();
-            rt.spawn(Subsystem::run_in_background(
-                Arc::downgrade(subsystem),
-                rt.clone(),
-            ));
+            rt.spawn(Subsystem::run_in_background(Arc::downgrade(subsystem), rt.clone()));
         }
     }
 
@@ -468,12 +459,7 @@ impl Service {
             Endpoint::Startup if self.is_started() => Arc::clone(&self.started_up),
             Endpoint::Startup => Arc::clone(&self.starting),
             Endpoint::Ready => return Routed::Readiness(Readiness { one: None, head }),
-            Endpoint::ReadyOne(name) => {
-                return Routed::Readiness(Readiness {
-                    one: Some(name),
-                    head,
-                })
-            }
+            Endpoint::ReadyOne(name) => return Routed::Readiness(Readiness { one: Some(name), head }),
         };
         Routed::Reply(Reply { response, head })
     }
@@ -488,10 +474,7 @@ impl Service {
         if let Some(draining) = self.draining_reply(&request) {
             return Answer::Reply(draining);
         }
-        if let Some(hit) = self
-            .ready
-            .read_fresh(|entry| self.ready_reply(entry, &request))
-        {
+        if let Some(hit) = self.ready.read_fresh(|entry| self.ready_reply(entry, &request)) {
             return Answer::Reply(hit);
         }
         // A round that completed inline was this request's own: its answer, however short the TTL.
@@ -562,31 +545,19 @@ impl Service {
         readiness: Readiness<'a>,
         parts: Parts<'_>,
     ) -> Result<ReadyRequest<'a>, Reply> {
-        let query = if parts.query.is_empty() {
-            Query::default()
-        } else {
-            Query::parse(parts.query)
-        };
+        let query = if parts.query.is_empty() { Query::default() } else { Query::parse(parts.query) };
         if query.exclude.len() > MAX_EXCLUDE {
             return Err(self.error(400));
         }
         let format = query.format(parts.accept);
         let details = self.details.shown_to(parts.authorization);
-        Ok(ReadyRequest {
-            one: readiness.one,
-            head: readiness.head,
-            query,
-            format,
-            details,
-        })
+        Ok(ReadyRequest { one: readiness.one, head: readiness.head, query, format, details })
     }
 
     /// While draining, readiness answers 503 whatever the checks say.
     fn draining_reply(&self, request: &ReadyRequest<'_>) -> Option<Reply> {
-        self.draining().then(|| Reply {
-            response: Response::new(render::draining(request.format)),
-            head: request.head,
-        })
+        self.draining()
+            .then(|| Reply { response: Response::new(render::draining(request.format)), head: request.head })
     }
 
     fn ready_reply(&self, entry: &ReadyEntry, request: &ReadyRequest<'_>) -> Reply {
@@ -601,9 +572,7 @@ impl Service {
                     (_, true) => Arc::clone(&entry.full),
                     (Some(public), false) => Arc::clone(public),
                     // Rendered while everyone saw details, and served after that changed.
-                    (None, false) => {
-                        Response::new(render::ready(&entry.report, &View::PUBLIC_JSON))
-                    }
+                    (None, false) => Response::new(render::ready(&entry.report, &View::PUBLIC_JSON)),
                 }
             }
             None => Response::new(render::ready(&entry.report, &view)),
@@ -612,10 +581,7 @@ impl Service {
                 None => return self.error(404),
             },
         };
-        Reply {
-            response,
-            head: request.head,
-        }
+        Reply { response, head: request.head }
     }
 
     fn ready_entry(&self, report: Report) -> ReadyEntry {
@@ -623,11 +589,7 @@ impl Service {
         // With details always shown, every caller gets `full`; nothing else to render.
         let public = (self.details.mode() != DetailsPolicy::ALWAYS)
             .then(|| Response::new(render::ready(&report, &View::PUBLIC_JSON)));
-        ReadyEntry {
-            report,
-            public,
-            full,
-        }
+        ReadyEntry { report, public, full }
     }
 
     // --- Rounds ------------------------------------------------------------------------------------
@@ -697,8 +659,7 @@ impl Service {
         let rt = (self.runtime)();
         let _context = rt.enter();
         let subsystems = self.subsystems.load_full();
-        let mut round: Pin<Box<dyn Future<Output = Report> + Send>> =
-            Box::pin(start_round(&subsystems, &rt));
+        let mut round: Pin<Box<dyn Future<Output = Report> + Send>> = Box::pin(start_round(&subsystems, &rt));
         match round.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(report) => RoundRun::Done(report),
             Poll::Pending => RoundRun::Running(round),
@@ -737,23 +698,13 @@ mod tests {
     fn service(details: Details) -> Arc<Service> {
         let rt = Handle::current();
         Service::new(
-            Settings {
-                health_ttl: TTL,
-                ready_ttl: TTL,
-                check_timeout: Duration::from_millis(500),
-                details,
-            },
+            Settings { health_ttl: TTL, ready_ttl: TTL, check_timeout: Duration::from_millis(500), details },
             move || rt.clone(),
         )
     }
 
     fn check(name: &str, probe: impl Probe + 'static) -> Subsystem {
-        Subsystem::new(
-            name,
-            "metric",
-            Policy::new(0.5, Duration::from_millis(500)),
-            Box::new(probe),
-        )
+        Subsystem::new(name, "metric", Policy::new(0.5, Duration::from_millis(500)), Box::new(probe))
     }
 
     /// A check answering `metric` after `delay` (at once when zero), counting its runs.
@@ -785,10 +736,7 @@ mod tests {
     /// Waits until no round is in flight.
     async fn round_ended(service: &Service) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if service
-            .when_round_ends(move || tx.send(()).unwrap())
-            .is_ok()
-        {
+        if service.when_round_ends(move || tx.send(()).unwrap()).is_ok() {
             rx.await.unwrap();
         }
     }
@@ -855,9 +803,7 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1, "single flight");
         let (tx, rx) = tokio::sync::oneshot::channel();
-        assert!(service
-            .when_round_ends(move || tx.send(()).unwrap())
-            .is_ok());
+        assert!(service.when_round_ends(move || tx.send(()).unwrap()).is_ok());
         rx.await.unwrap();
         // Its entry is born and the clock has moved on: fresh or not, it is the waiters' answer.
         let reply = service.ready_latest(readiness(&service), Parts::default());
@@ -897,18 +843,9 @@ mod tests {
         let service = service(Details::Always);
         service.drain();
         let ready = get(&service, "/ready", Parts::default()).unwrap();
-        assert_eq!(
-            (ready.status(), json(&ready)),
-            (503, serde_json::json!({"status": "draining"}))
-        );
-        assert_eq!(
-            get(&service, "/health", Parts::default()).unwrap().status(),
-            200
-        );
-        assert_eq!(
-            get(&service, "/live", Parts::default()).unwrap().status(),
-            200
-        );
+        assert_eq!((ready.status(), json(&ready)), (503, serde_json::json!({"status": "draining"})));
+        assert_eq!(get(&service, "/health", Parts::default()).unwrap().status(), 200);
+        assert_eq!(get(&service, "/live", Parts::default()).unwrap().status(), 200);
         let reply = service.ready_latest(readiness(&service), Parts::default());
         assert_eq!(reply.status(), 503);
     }
@@ -916,15 +853,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn details_are_shown_as_the_policy_says() {
         let service = service(Details::Token("s3cret".to_owned()));
-        service
-            .add(check("db", counted(Duration::ZERO, 0.0).0))
-            .unwrap();
+        service.add(check("db", counted(Duration::ZERO, 0.0).0)).unwrap();
         let anonymous = get(&service, "/ready", Parts::default()).unwrap();
         assert_eq!(json(&anonymous), serde_json::json!({"status": "not_ready"}));
-        let with = |authorization| Parts {
-            authorization: Some(authorization),
-            ..Parts::default()
-        };
+        let with = |authorization| Parts { authorization: Some(authorization), ..Parts::default() };
         let wrong = get(&service, "/ready", with("Bearer s3cre")).unwrap();
         assert_eq!(json(&wrong), serde_json::json!({"status": "not_ready"}));
         let right = get(&service, "/ready", with("Bearer s3cret")).unwrap();
@@ -941,56 +873,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn exclusions_leave_checks_out_up_to_a_bound() {
         let service = service(Details::Always);
-        service
-            .add(check("ok", counted(Duration::ZERO, 1.0).0))
-            .unwrap();
-        service
-            .add(check("bad", counted(Duration::ZERO, 0.0).0))
-            .unwrap();
-        assert_eq!(
-            get(&service, "/ready", Parts::default()).unwrap().status(),
-            503
-        );
-        let query = |query| Parts {
-            query,
-            ..Parts::default()
-        };
+        service.add(check("ok", counted(Duration::ZERO, 1.0).0)).unwrap();
+        service.add(check("bad", counted(Duration::ZERO, 0.0).0)).unwrap();
+        assert_eq!(get(&service, "/ready", Parts::default()).unwrap().status(), 503);
+        let query = |query| Parts { query, ..Parts::default() };
         let excluded = get(&service, "/ready", query("exclude=bad")).unwrap();
         assert_eq!(excluded.status(), 200);
         assert!(json(&excluded)["subsystems"].get("bad").is_none());
         let many = vec!["exclude=x"; MAX_EXCLUDE + 1].join("&");
         let refused = get(&service, "/ready", query(&many)).unwrap();
-        assert_eq!(
-            (refused.status(), json(&refused)["code"].clone()),
-            (400, 400.into())
-        );
+        assert_eq!((refused.status(), json(&refused)["code"].clone()), (400, 400.into()));
         let bound = vec!["exclude=bad"; MAX_EXCLUDE].join("&");
-        assert_eq!(
-            get(&service, "/ready", query(&bound)).unwrap().status(),
-            200
-        );
+        assert_eq!(get(&service, "/ready", query(&bound)).unwrap().status(), 200);
     }
 
     #[tokio::test(start_paused = true)]
     async fn routes_answer_one_subsystem_and_json_errors() {
         let service = service(Details::Always);
-        service
-            .add(check("db", counted(Duration::ZERO, 1.0).0))
-            .unwrap();
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
         let one = get(&service, "/ready/db", Parts::default()).unwrap();
-        assert_eq!(
-            (one.status(), json(&one)["name"].clone()),
-            (200, "db".into())
-        );
+        assert_eq!((one.status(), json(&one)["name"].clone()), (200, "db".into()));
         let unknown = get(&service, "/ready/nope", Parts::default()).unwrap();
-        assert_eq!(
-            (unknown.status(), json(&unknown)["error"].clone()),
-            (404, "Not Found".into())
-        );
-        assert_eq!(
-            get(&service, "/nope", Parts::default()).unwrap().status(),
-            404
-        );
+        assert_eq!((unknown.status(), json(&unknown)["error"].clone()), (404, "Not Found".into()));
+        assert_eq!(get(&service, "/nope", Parts::default()).unwrap().status(), 404);
         let Routed::Reply(post) = service.route("POST", "/ready") else {
             panic!("a 405 is answered at once");
         };
@@ -1007,9 +912,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_registered_name_is_refused_the_second_time() {
         let service = service(Details::Always);
-        service
-            .add(check("db", counted(Duration::ZERO, 1.0).0))
-            .unwrap();
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
         let again = service.add(check("db", counted(Duration::ZERO, 1.0).0));
         assert!(again.unwrap_err().contains("already registered"));
         assert_eq!(service.subsystem_names(), ["db"]);
@@ -1022,56 +925,29 @@ mod tests {
         let base = CheckOptions::default();
         assert_eq!(policy(base).unwrap().timeout, Duration::from_millis(500));
         for (bad, why) in [
-            (
-                CheckOptions {
-                    threshold: f64::NAN,
-                    ..base
-                },
-                "threshold",
-            ),
-            (
-                CheckOptions {
-                    timeout_ms: Some(0),
-                    ..base
-                },
-                "timeout_ms",
-            ),
-            (
-                CheckOptions {
-                    interval_ms: Some(0),
-                    ..base
-                },
-                "interval_ms",
-            ),
-            (
-                CheckOptions {
-                    warn_threshold: Some(-1.0),
-                    ..base
-                },
-                "warn_threshold",
-            ),
-            (
-                CheckOptions {
-                    failures_before_unready: 0,
-                    ..base
-                },
-                "failures_before_unready",
-            ),
+            (CheckOptions { threshold: f64::NAN, ..base }, "threshold"),
+            (CheckOptions { timeout_ms: Some(0), ..base }, "timeout_ms"),
+            (CheckOptions { interval_ms: Some(0), ..base }, "interval_ms"),
+            (CheckOptions { warn_threshold: Some(-1.0), ..base }, "warn_threshold"),
+            (CheckOptions { failures_before_unready: 0, ..base }, "failures_before_unready"),
         ] {
             assert!(policy(bad).unwrap_err().contains(why), "{why}");
         }
     }
 
     #[test]
+    fn settings_refuse_a_zero_check_timeout_and_an_unknown_mode() {
+        assert!(Settings::from_millis(0, 0, 0, "always", None).unwrap_err().contains("check_timeout_ms"));
+        assert!(Settings::from_millis(0, 0, 1, "often", None).unwrap_err().contains("often"));
+        let settings = Settings::from_millis(100, 0, 500, "never", None).unwrap();
+        assert_eq!((settings.health_ttl, settings.details), (TTL, Details::Never));
+    }
+
+    #[test]
     fn details_modes_parse_or_explain() {
         assert_eq!(Details::parse("always", None), Ok(Details::Always));
-        assert_eq!(
-            Details::parse("token", Some("t".into())),
-            Ok(Details::Token("t".into()))
-        );
+        assert_eq!(Details::parse("token", Some("t".into())), Ok(Details::Token("t".into())));
         assert!(Details::parse("token", Some(String::new())).is_err());
-        assert!(Details::parse("sometimes", None)
-            .unwrap_err()
-            .contains("sometimes"));
+        assert!(Details::parse("sometimes", None).unwrap_err().contains("sometimes"));
     }
 }

@@ -1,7 +1,6 @@
 //! The Phoenix kernel's native subsystems as Python objects: `kernel.memory`, `kernel.conscience` and
 //! `kernel.world`. Blocking work runs with the GIL released.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,7 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::{StoreError, StoreUnavailable};
-use crate::subsystems::{plastic_ltm, Phoenix};
+use crate::subsystems::plastic_ltm::{self, Metadata};
+use crate::subsystems::Phoenix;
 
 /// Runs `work` on the store with the GIL released.
 fn with_store<T: Send>(
@@ -21,13 +21,11 @@ fn with_store<T: Send>(
 ) -> PyResult<T> {
     py.detach(|| match phoenix.memory() {
         Ok(store) => work(store).map_err(|e| StoreError::new_err(e.to_string())),
-        Err(why) => Err(StoreUnavailable::new_err(format!(
-            "plastic_ltm unavailable: {why}"
-        ))),
+        Err(why) => Err(StoreUnavailable::new_err(format!("plastic_ltm unavailable: {why}"))),
     })
 }
 
-/// Persistent long-term memory (`kernel.memory`). Calls before start-up has finished wait for the store.
+/// Persistent long-term memory (`kernel.memory`); `StoreUnavailable` while its store cannot be opened.
 #[pyclass(frozen, module = "phoenix._core")]
 pub struct PlasticLtm(pub Arc<Phoenix>);
 
@@ -35,22 +33,13 @@ pub struct PlasticLtm(pub Arc<Phoenix>);
 impl PlasticLtm {
     /// Stores `data` with its `metadata` and returns the new record's id.
     #[pyo3(signature = (data, metadata = None))]
-    fn store(
-        &self,
-        py: Python<'_>,
-        data: &[u8],
-        metadata: Option<BTreeMap<String, String>>,
-    ) -> PyResult<u64> {
+    fn store(&self, py: Python<'_>, data: &[u8], metadata: Option<Metadata>) -> PyResult<u64> {
         let metadata = metadata.unwrap_or_default();
         with_store(py, &self.0, |s| s.store(data, &metadata))
     }
 
     /// Returns `(data, metadata)`; raises `KeyError` for an unknown id.
-    fn retrieve<'py>(
-        &self,
-        py: Python<'py>,
-        id: u64,
-    ) -> PyResult<(Bound<'py, PyBytes>, BTreeMap<String, String>)> {
+    fn retrieve<'py>(&self, py: Python<'py>, id: u64) -> PyResult<(Bound<'py, PyBytes>, Metadata)> {
         match with_store(py, &self.0, |s| s.retrieve(id))? {
             Some((data, metadata)) => Ok((PyBytes::new(py, &data), metadata)),
             None => Err(PyKeyError::new_err(id)),
@@ -58,8 +47,7 @@ impl PlasticLtm {
     }
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
-        let len = with_store(py, &self.0, |s| s.len())?;
-        usize::try_from(len).map_err(|_| StoreError::new_err("store too large"))
+        with_store(py, &self.0, |s| s.len()).map(|len| usize::try_from(len).unwrap_or(usize::MAX))
     }
 
     /// The integrity metric in [0, 1], measured now.
@@ -119,12 +107,8 @@ pub struct WorldModel(pub Arc<Phoenix>);
 impl WorldModel {
     /// Records `value` (anything `json.dumps` accepts) under `key`, stamped with the current time.
     fn update(&self, py: Python<'_>, key: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let text: String = py
-            .import("json")?
-            .call_method1("dumps", (value,))?
-            .extract()?;
-        let value =
-            serde_json::from_str(&text).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let text: String = py.import("json")?.call_method1("dumps", (value,))?.extract()?;
+        let value = serde_json::from_str(&text).map_err(|e| PyValueError::new_err(e.to_string()))?;
         self.0.world().update(key, value);
         Ok(())
     }
@@ -132,10 +116,7 @@ impl WorldModel {
     /// The value stored under `key`, or `None`.
     fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
         match self.0.world().get(key) {
-            Some((value, _)) => Ok(Some(
-                py.import("json")?
-                    .call_method1("loads", (value.to_string(),))?,
-            )),
+            Some((value, _)) => Ok(Some(py.import("json")?.call_method1("loads", (value.to_string(),))?)),
             None => Ok(None),
         }
     }
@@ -143,9 +124,7 @@ impl WorldModel {
     /// Seconds since the Unix epoch of `key`'s last update, or `None`.
     fn updated_at(&self, key: &str) -> Option<f64> {
         let (_, at) = self.0.world().get(key)?;
-        at.duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_secs_f64())
+        at.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
     }
 
     fn remove(&self, key: &str) -> bool {

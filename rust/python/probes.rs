@@ -31,27 +31,12 @@ impl Probe for PyProbe {
         };
         let (done, result) = tokio::sync::oneshot::channel();
         bridge::submit(move |py| {
-            let done = Arc::new(std::sync::Mutex::new(Some(done)));
-            let report = Arc::clone(&done);
-            let started = func.bind(py).call0().and_then(|coroutine| {
-                bridge::run_coroutine(py, coroutine, &event_loop, move |py, outcome| {
-                    send(&report, judge(py, outcome.map(Bound::unbind)));
-                })
+            bridge::run_coroutine(py, func.bind(py).call0(), &event_loop, move |py, outcome| {
+                let _ = done.send(judge(py, outcome.map(Bound::unbind)));
             });
-            if let Err(err) = started {
-                send(&done, Err(describe(py, &err)));
-            }
         });
-        // The sender is dropped unsent only when the job never ran: the interpreter is exiting.
+        // Dropped unsent only when the job never ran: the interpreter is exiting.
         async move { result.await.unwrap_or_else(|_| Err(EXITING.to_owned())) }.boxed()
-    }
-}
-
-type Reply = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<CheckResult>>>>;
-
-fn send(reply: &Reply, result: CheckResult) {
-    if let Some(done) = reply.lock().ok().and_then(|mut d| d.take()) {
-        let _ = done.send(result);
     }
 }
 
@@ -65,11 +50,7 @@ fn judge(py: Python<'_>, returned: PyResult<Py<PyAny>>) -> CheckResult {
 
 /// `ValueError: boom`: the type and message, never a traceback.
 pub fn describe(py: Python<'_>, err: &PyErr) -> String {
-    let kind = err
-        .get_type(py)
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "Exception".to_owned());
+    let kind = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".to_owned());
     match err.value(py).str() {
         Ok(text) if !text.to_string_lossy().is_empty() => {
             format!("{kind}: {}", text.to_string_lossy())
@@ -84,11 +65,7 @@ fn metric(value: &Bound<'_, PyAny>) -> CheckResult {
         return Ok(if flag.is_true() { 1.0 } else { 0.0 });
     }
     value.extract::<f64>().map_err(|_| {
-        let kind = value
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
+        let kind = value.get_type().name().map(|n| n.to_string()).unwrap_or_default();
         format!("check returned {kind}, expected a float or a bool")
     })
 }

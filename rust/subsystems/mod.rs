@@ -130,9 +130,7 @@ impl Phoenix {
     }
 
     fn lock_open_attempts(&self) -> std::sync::MutexGuard<'_, OpenAttempts> {
-        self.open_attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.open_attempts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The store. Blocking: until it has opened, a call opens it, or, within the backoff after a
@@ -200,10 +198,7 @@ impl Phoenix {
     }
 
     fn record_system_entry(&self) {
-        self.world.update(
-            "system",
-            world_model::system_entry(self.started, std::process::id()),
-        );
+        self.world.update("system", world_model::system_entry(self.started, std::process::id()));
     }
 
     /// Re-records the `system` entry every `every` until the kernel is dropped.
@@ -223,10 +218,7 @@ impl Phoenix {
     /// every [`NATIVE_CHECK_PERIOD`]. Until [`Self::initialise`] has run they report `pending`
     /// ("initialising") without running.
     pub fn subsystems(self: &Arc<Self>, timeout: Duration) -> Vec<Subsystem> {
-        let check = |name: &str,
-                     measurement: &str,
-                     threshold: f64,
-                     probe: Box<dyn crate::checks::Probe>| {
+        let check = |name: &str, measurement: &str, threshold: f64, probe: Box<dyn crate::checks::Probe>| {
             let this = Arc::clone(self);
             let gate: Gate = Arc::new(move || this.brought_up.load(Ordering::Acquire));
             let mut policy = Policy::new(threshold, timeout);
@@ -291,16 +283,10 @@ mod tests {
 
     /// The kernel's checks, each run in the background on its period as the binding runs them.
     fn served(kernel: &Arc<Phoenix>) -> Vec<Arc<Subsystem>> {
-        let subsystems: Vec<_> = kernel
-            .subsystems(Duration::from_secs(2))
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let subsystems: Vec<_> =
+            kernel.subsystems(Duration::from_secs(2)).into_iter().map(Arc::new).collect();
         for subsystem in &subsystems {
-            tokio::spawn(Subsystem::run_in_background(
-                Arc::downgrade(subsystem),
-                Handle::current(),
-            ));
+            tokio::spawn(Subsystem::run_in_background(Arc::downgrade(subsystem), Handle::current()));
         }
         subsystems
     }
@@ -413,9 +399,7 @@ mod tests {
             STORE_RETRY_MAX + NATIVE_CHECK_PERIOD * 2,
             round_until(&subsystems, Report::ready),
         );
-        recovered
-            .await
-            .expect("ready within a backoff once released");
+        recovered.await.expect("ready within a backoff once released");
         assert!(kernel.is_initialised());
         assert!(kernel.memory().is_ok());
     }

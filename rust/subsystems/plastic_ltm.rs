@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{
-    Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, TableError,
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableError,
 };
 
 /// Fixed so that every process (and every version of the binding) finds the same store inside
@@ -126,9 +126,7 @@ pub struct PlasticLtm {
 
 impl std::fmt::Debug for PlasticLtm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PlasticLtm")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("PlasticLtm").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -162,16 +160,11 @@ impl PlasticLtm {
             },
         })?;
         let path = data_dir.join(FILE_NAME);
-        let open_error = |reason: String| LtmError::Open {
-            path: path.clone(),
-            reason,
-        };
+        let open_error = |reason: String| LtmError::Open { path: path.clone(), reason };
 
         let opened = panic::catch_unwind(AssertUnwindSafe(|| {
             let mut builder = Builder::new();
-            builder
-                .set_check_integrity_on_open(true)
-                .set_cache_size(CACHE_BYTES);
+            builder.set_check_integrity_on_open(true).set_cache_size(CACHE_BYTES);
             builder.create(&path)
         }));
         let db = match opened {
@@ -182,11 +175,7 @@ impl PlasticLtm {
 
         initialise_tables(&db).map_err(|err| open_error(describe(err)))?;
         log::debug!("plastic_ltm: opened {}", path.display());
-        Ok(Self {
-            db,
-            path,
-            probe_seq: AtomicU64::new(0),
-        })
+        Ok(Self { db, path, probe_seq: AtomicU64::new(0) })
     }
 
     /// Keeps a memory for later; the id is what the caller holds on to, and the record is on
@@ -195,35 +184,26 @@ impl PlasticLtm {
     ///
     /// Ids start at 1, increase with every call and are never reused.
     pub fn store(&self, data: &[u8], metadata: &Metadata) -> Result<u64, LtmError> {
-        let metadata_json = serde_json::to_vec(metadata).map_err(|err| LtmError::Storage {
-            reason: format!("metadata could not be encoded: {err}"),
-        })?;
+        let metadata_json = serde_json::to_vec(metadata)
+            .map_err(|err| LtmError::Storage { reason: format!("metadata could not be encoded: {err}") })?;
         let digest = record_digest(data, metadata);
         let record = encode_record(&digest, data, &metadata_json);
 
         let mut txn = self.db.begin_write().map_err(storage_error)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(storage_error)?;
+        txn.set_durability(Durability::Immediate).map_err(storage_error)?;
         let id = {
             let mut meta = txn.open_table(META).map_err(storage_error)?;
             let mut records = txn.open_table(RECORDS).map_err(storage_error)?;
-            let counted = meta
-                .get(NEXT_ID_KEY)
-                .map_err(storage_error)?
-                .map_or(1, |guard| guard.value());
+            let counted = meta.get(NEXT_ID_KEY).map_err(storage_error)?.map_or(1, |guard| guard.value());
             // The counter is authoritative, but never hand out an id at or below an existing
             // record, even if the counter were lost.
-            let after_last = records
-                .last()
-                .map_err(storage_error)?
-                .map_or(1, |(key, _)| key.value().saturating_add(1));
+            let after_last =
+                records.last().map_err(storage_error)?.map_or(1, |(key, _)| key.value().saturating_add(1));
             let id = counted.max(after_last).max(1);
-            let next = id.checked_add(1).ok_or_else(|| LtmError::Storage {
-                reason: "no record ids left".to_string(),
-            })?;
-            records
-                .insert(id, record.as_slice())
-                .map_err(storage_error)?;
+            let next = id
+                .checked_add(1)
+                .ok_or_else(|| LtmError::Storage { reason: "no record ids left".to_string() })?;
+            records.insert(id, record.as_slice()).map_err(storage_error)?;
             meta.insert(NEXT_ID_KEY, next).map_err(storage_error)?;
             id
         };
@@ -286,11 +266,7 @@ impl PlasticLtm {
         self.integrity_within(VERIFY_MAX_RECORDS, VERIFY_BUDGET)
     }
 
-    fn integrity_within(
-        &self,
-        max_records: usize,
-        budget: Duration,
-    ) -> Result<Integrity, LtmError> {
+    fn integrity_within(&self, max_records: usize, budget: Duration) -> Result<Integrity, LtmError> {
         let probe_ok = match self.probe() {
             Ok(()) => true,
             Err(err) => {
@@ -302,12 +278,7 @@ impl PlasticLtm {
         if let Some(summary) = verification.summary() {
             log::warn!("plastic_ltm: {summary}");
         }
-        let Verification {
-            verified,
-            corrupt,
-            newest_corrupt,
-            ..
-        } = verification;
+        let Verification { verified, corrupt, newest_corrupt, .. } = verification;
         Ok(Integrity {
             metric: integrity_metric(probe_ok, verified, corrupt),
             probe_ok,
@@ -361,11 +332,7 @@ impl PlasticLtm {
 
     /// Checks the newest records first, because those are the ones most likely to be read next
     /// and the ones a failing disk most recently touched.
-    fn verify_recent(
-        &self,
-        max_records: usize,
-        budget: Duration,
-    ) -> Result<Verification, LtmError> {
+    fn verify_recent(&self, max_records: usize, budget: Duration) -> Result<Verification, LtmError> {
         let started = Instant::now();
         let mut verification = Verification::default();
         let txn = self.db.begin_read().map_err(storage_error)?;
@@ -374,12 +341,7 @@ impl PlasticLtm {
             Err(TableError::TableDoesNotExist(_)) => return Ok(verification),
             Err(err) => return Err(storage_error(err)),
         };
-        for entry in records
-            .iter()
-            .map_err(storage_error)?
-            .rev()
-            .take(max_records)
-        {
+        for entry in records.iter().map_err(storage_error)?.rev().take(max_records) {
             verification.verified += 1;
             match entry {
                 Ok((key, value)) => {
@@ -422,10 +384,8 @@ impl Verification {
         if self.corrupt == 0 {
             return None;
         }
-        let mut line = format!(
-            "{} of the {} newest records failed verification",
-            self.corrupt, self.verified
-        );
+        let mut line =
+            format!("{} of the {} newest records failed verification", self.corrupt, self.verified);
         if let Some(id) = self.newest_corrupt {
             line.push_str(&format!(", the newest of them record {id}"));
         }
@@ -461,9 +421,7 @@ fn integrity_metric(probe_ok: bool, verified: u64, corrupt: u64) -> f64 {
 /// A value that differs between probes and between runs, so a stale value left in the file can
 /// never pass for a fresh read.
 fn probe_token(key: u64) -> [u8; 32] {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
     let mut hasher = blake3::Hasher::new();
     hasher.update(&key.to_le_bytes());
     hasher.update(&nanos.to_le_bytes());
@@ -472,9 +430,7 @@ fn probe_token(key: u64) -> [u8; 32] {
 }
 
 fn probe_failure(reason: &str) -> LtmError {
-    LtmError::Storage {
-        reason: reason.to_string(),
-    }
+    LtmError::Storage { reason: reason.to_string() }
 }
 
 /// Digest over the logical record, not its stored bytes, so it stays valid whatever the storage
@@ -532,9 +488,7 @@ fn decode_verified(bytes: &[u8]) -> Option<DecodedRecord<'_>> {
 }
 
 fn storage_error(err: impl Into<redb::Error>) -> LtmError {
-    LtmError::Storage {
-        reason: describe(err.into()),
-    }
+    LtmError::Storage { reason: describe(err.into()) }
 }
 
 /// Short, human descriptions of redb errors. redb's own texts can carry source locations and
@@ -575,13 +529,9 @@ mod tests {
         fn new(label: &str) -> Self {
             static COUNTER: AtomicU64 = AtomicU64::new(0);
             let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_nanos());
-            let path = std::env::temp_dir().join(format!(
-                "plastic_ltm_test_{label}_{}_{nanos}_{unique}",
-                std::process::id()
-            ));
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
+            let path = std::env::temp_dir()
+                .join(format!("plastic_ltm_test_{label}_{}_{nanos}_{unique}", std::process::id()));
             std::fs::create_dir_all(&path).expect("create temp dir");
             Self(path)
         }
@@ -598,10 +548,7 @@ mod tests {
     }
 
     fn meta(pairs: &[(&str, &str)]) -> Metadata {
-        pairs
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect()
+        pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
     }
 
     /// Overwrites a stored record's bytes directly, bypassing `store`.
@@ -646,22 +593,15 @@ mod tests {
         let dir = TempDir::new("empty_record");
         let ltm = PlasticLtm::open(dir.path()).unwrap();
         let id = ltm.store(b"", &Metadata::new()).unwrap();
-        assert_eq!(
-            ltm.retrieve(id).unwrap(),
-            Some((Vec::new(), Metadata::new()))
-        );
+        assert_eq!(ltm.retrieve(id).unwrap(), Some((Vec::new(), Metadata::new())));
     }
 
     #[test]
     fn ids_start_at_one_and_are_unique_and_increasing() {
         let dir = TempDir::new("ids");
         let ltm = PlasticLtm::open(dir.path()).unwrap();
-        let ids: Vec<u64> = (0..5)
-            .map(|n| {
-                ltm.store(format!("m{n}").as_bytes(), &Metadata::new())
-                    .unwrap()
-            })
-            .collect();
+        let ids: Vec<u64> =
+            (0..5).map(|n| ltm.store(format!("m{n}").as_bytes(), &Metadata::new()).unwrap()).collect();
         assert_eq!(ids[0], 1);
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
     }
@@ -699,10 +639,7 @@ mod tests {
         };
         let ltm = PlasticLtm::open(dir.path()).unwrap();
         assert_eq!(ltm.len().unwrap(), 1);
-        assert_eq!(
-            ltm.retrieve(first).unwrap(),
-            Some((b"persisted".to_vec(), metadata))
-        );
+        assert_eq!(ltm.retrieve(first).unwrap(), Some((b"persisted".to_vec(), metadata)));
         let second = ltm.store(b"later", &Metadata::new()).unwrap();
         assert!(second > first, "{second} should follow {first}");
     }
@@ -731,13 +668,7 @@ mod tests {
         let report = ltm.integrity().unwrap();
         assert_eq!(
             report,
-            Integrity {
-                metric: 1.0,
-                probe_ok: true,
-                verified: 0,
-                corrupt: 0,
-                newest_corrupt: None,
-            }
+            Integrity { metric: 1.0, probe_ok: true, verified: 0, corrupt: 0, newest_corrupt: None }
         );
     }
 
@@ -746,8 +677,7 @@ mod tests {
         let dir = TempDir::new("healthy");
         let ltm = PlasticLtm::open(dir.path()).unwrap();
         for n in 0..10u8 {
-            ltm.store(&[n; 16], &meta(&[("n", &n.to_string())]))
-                .unwrap();
+            ltm.store(&[n; 16], &meta(&[("n", &n.to_string())])).unwrap();
         }
         let report = ltm.integrity().unwrap();
         assert!(report.probe_ok);
@@ -772,9 +702,7 @@ mod tests {
     fn tampered_record_lowers_integrity_and_retrieve_reports_corrupt() {
         let dir = TempDir::new("tampered");
         let ltm = PlasticLtm::open(dir.path()).unwrap();
-        let ids: Vec<u64> = (0..10u8)
-            .map(|n| ltm.store(&[n; 8], &meta(&[("n", "x")])).unwrap())
-            .collect();
+        let ids: Vec<u64> = (0..10u8).map(|n| ltm.store(&[n; 8], &meta(&[("n", "x")])).unwrap()).collect();
         tamper_with_data(&ltm, ids[4]);
 
         let report = ltm.integrity().unwrap();
@@ -783,10 +711,7 @@ mod tests {
         assert!(report.metric < 0.95, "{report:?}");
 
         let err = ltm.retrieve(ids[4]).unwrap_err();
-        assert!(
-            matches!(err, LtmError::Corrupt { id } if id == ids[4]),
-            "{err:?}"
-        );
+        assert!(matches!(err, LtmError::Corrupt { id } if id == ids[4]), "{err:?}");
         assert!(ltm.retrieve(ids[3]).unwrap().is_some());
     }
 
@@ -816,10 +741,7 @@ mod tests {
         let garbage: [&[u8]; 5] = [b"", b"\x01", b"\x02rest", &huge_length, &bad_json];
         for bytes in garbage {
             overwrite_record(&ltm, id, bytes);
-            assert!(
-                matches!(ltm.retrieve(id), Err(LtmError::Corrupt { .. })),
-                "{bytes:?} was accepted"
-            );
+            assert!(matches!(ltm.retrieve(id), Err(LtmError::Corrupt { .. })), "{bytes:?} was accepted");
             let report = ltm.integrity().unwrap();
             assert_eq!((report.verified, report.corrupt), (1, 1));
             assert_eq!(report.metric, 0.0);
@@ -838,11 +760,7 @@ mod tests {
                 true
             }
             fn log(&self, record: &log::Record<'_>) {
-                let line = (
-                    std::thread::current().id(),
-                    record.level(),
-                    record.args().to_string(),
-                );
+                let line = (std::thread::current().id(), record.level(), record.args().to_string());
                 self.0.lock().unwrap().push(line);
             }
             fn flush(&self) {}
@@ -870,19 +788,16 @@ mod tests {
     fn a_check_of_a_corrupt_store_logs_one_summary_line() {
         let dir = TempDir::new("log_summary");
         let ltm = PlasticLtm::open(dir.path()).unwrap();
-        let ids: Vec<u64> = (0..10u8)
-            .map(|n| ltm.store(&[n; 8], &Metadata::new()).unwrap())
-            .collect();
+        let ids: Vec<u64> = (0..10u8).map(|n| ltm.store(&[n; 8], &Metadata::new()).unwrap()).collect();
         for &id in &ids[2..7] {
             tamper_with_data(&ltm, id);
         }
         let mut report = None;
-        let warnings: Vec<String> =
-            logged_on_this_thread(|| report = Some(ltm.integrity().unwrap()))
-                .into_iter()
-                .filter(|(level, _)| *level <= log::Level::Warn)
-                .map(|(_, line)| line)
-                .collect();
+        let warnings: Vec<String> = logged_on_this_thread(|| report = Some(ltm.integrity().unwrap()))
+            .into_iter()
+            .filter(|(level, _)| *level <= log::Level::Warn)
+            .map(|(_, line)| line)
+            .collect();
         assert_eq!(
             warnings,
             ["plastic_ltm: 5 of the 10 newest records failed verification, the newest of them record 7"]
@@ -895,9 +810,7 @@ mod tests {
     fn verification_checks_only_the_most_recent_records_up_to_the_limit() {
         let dir = TempDir::new("limit");
         let ltm = PlasticLtm::open(dir.path()).unwrap();
-        let ids: Vec<u64> = (0..5u8)
-            .map(|n| ltm.store(&[n], &Metadata::new()).unwrap())
-            .collect();
+        let ids: Vec<u64> = (0..5u8).map(|n| ltm.store(&[n], &Metadata::new()).unwrap()).collect();
         tamper_with_data(&ltm, ids[0]);
         let report = ltm.integrity_within(3, Duration::from_secs(3600)).unwrap();
         assert_eq!((report.verified, report.corrupt), (3, 0));
@@ -929,14 +842,8 @@ mod tests {
     #[test]
     fn digest_framing_distinguishes_shifted_boundaries() {
         let empty = Metadata::new();
-        assert_ne!(
-            record_digest(b"ab", &empty),
-            record_digest(b"a", &meta(&[("b", "")]))
-        );
-        assert_ne!(
-            record_digest(b"", &meta(&[("ab", "c")])),
-            record_digest(b"", &meta(&[("a", "bc")]))
-        );
+        assert_ne!(record_digest(b"ab", &empty), record_digest(b"a", &meta(&[("b", "")])));
+        assert_ne!(record_digest(b"", &meta(&[("ab", "c")])), record_digest(b"", &meta(&[("a", "bc")])));
         assert_ne!(
             record_digest(b"", &meta(&[("a", "b"), ("c", "d")])),
             record_digest(b"", &meta(&[("a", "bcd")]))
@@ -960,10 +867,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut ids: Vec<u64> = handles
-            .into_iter()
-            .flat_map(|handle| handle.join().unwrap())
-            .collect();
+        let mut ids: Vec<u64> = handles.into_iter().flat_map(|handle| handle.join().unwrap()).collect();
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 20);
@@ -1019,10 +923,7 @@ mod tests {
         let err = PlasticLtm::open(&not_a_dir).expect_err("open must fail");
         assert!(matches!(err, LtmError::Open { .. }), "{err:?}");
         let text = err.to_string();
-        assert!(
-            text.starts_with("cannot open long-term memory at "),
-            "{text}"
-        );
+        assert!(text.starts_with("cannot open long-term memory at "), "{text}");
         assert!(text.ends_with(": not a directory"), "{text}");
         assert!(!text.contains('\n'), "{text}");
     }

@@ -89,11 +89,9 @@ pub fn load_axioms(data_dir: &Path) -> AxiomSet {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             parse_axioms(DEFAULT_AXIOMS, BUILT_IN_SOURCE.to_string())
         }
-        Err(err) => AxiomSet {
-            axioms: Vec::new(),
-            source,
-            problems: vec![format!("cannot read the file: {err}")],
-        },
+        Err(err) => {
+            AxiomSet { axioms: Vec::new(), source, problems: vec![format!("cannot read the file: {err}")] }
+        }
     }
 }
 
@@ -113,12 +111,7 @@ impl AxiomSet {
         let mut line = format!(
             "{}: {}",
             self.source,
-            self.problems
-                .iter()
-                .take(MAX_LISTED_PROBLEMS)
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join("; ")
+            self.problems.iter().take(MAX_LISTED_PROBLEMS).map(String::as_str).collect::<Vec<_>>().join("; ")
         );
         let unlisted = self.problems.len().saturating_sub(MAX_LISTED_PROBLEMS);
         if unlisted > 0 {
@@ -130,11 +123,7 @@ impl AxiomSet {
 
 /// Shared by the file and the embedded defaults so both are held to exactly the same rules.
 fn parse_axioms(text: &str, source: String) -> AxiomSet {
-    let mut set = AxiomSet {
-        axioms: Vec::new(),
-        source,
-        problems: Vec::new(),
-    };
+    let mut set = AxiomSet { axioms: Vec::new(), source, problems: Vec::new() };
     // Editors on Windows like to add a byte-order mark, which JSON parsers reject.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let root: Value = match serde_json::from_str(text) {
@@ -146,10 +135,7 @@ fn parse_axioms(text: &str, source: String) -> AxiomSet {
     };
 
     let Some(object) = root.as_object() else {
-        set.problems.push(format!(
-            "expected an object with an \"axioms\" list, found {}",
-            kind_of(&root)
-        ));
+        set.problems.push(format!("expected an object with an \"axioms\" list, found {}", kind_of(&root)));
         return set;
     };
     match object.get("version") {
@@ -171,15 +157,13 @@ fn parse_axioms(text: &str, source: String) -> AxiomSet {
         }
         None => {
             set.problems.push(
-                "expected an object with an \"axioms\" list, but there is no \"axioms\" key"
-                    .to_string(),
+                "expected an object with an \"axioms\" list, but there is no \"axioms\" key".to_string(),
             );
             return set;
         }
     };
     if list.is_empty() {
-        set.problems
-            .push("the \"axioms\" list is empty".to_string());
+        set.problems.push("the \"axioms\" list is empty".to_string());
     }
 
     // Ids of every axiom seen so far, valid or not, with its 1-based position: the id must be
@@ -189,9 +173,7 @@ fn parse_axioms(text: &str, source: String) -> AxiomSet {
         let number = index + 1;
         match parse_axiom(entry, number, &mut first_use) {
             Ok(axiom) => set.axioms.push(axiom),
-            Err(issues) => set
-                .problems
-                .push(format!("axiom #{number}: {}", issues.join(", "))),
+            Err(issues) => set.problems.push(format!("axiom #{number}: {}", issues.join(", "))),
         }
     }
     set
@@ -205,10 +187,7 @@ fn parse_axiom<'a>(
     first_use: &mut HashMap<&'a str, usize>,
 ) -> Result<Axiom, Vec<String>> {
     let Some(fields) = entry.as_object() else {
-        return Err(vec![format!(
-            "expected an object, found {}",
-            kind_of(entry)
-        )]);
+        return Err(vec![format!("expected an object, found {}", kind_of(entry))]);
     };
     let mut issues = Vec::new();
 
@@ -222,18 +201,12 @@ fn parse_axiom<'a>(
             None
         }
         Some(Value::String(id)) if !is_valid_id(id) => {
-            issues.push(format!(
-                "id {} must contain only a-z, 0-9 and _",
-                short_quoted(id)
-            ));
+            issues.push(format!("id {} must contain only a-z, 0-9 and _", short_quoted(id)));
             None
         }
         Some(Value::String(id)) => {
             if let Some(first) = first_use.get(id.as_str()) {
-                issues.push(format!(
-                    "duplicate id {} (first used by axiom #{first})",
-                    short_quoted(id)
-                ));
+                issues.push(format!("duplicate id {} (first used by axiom #{first})", short_quoted(id)));
             } else {
                 first_use.insert(id, number);
             }
@@ -256,10 +229,7 @@ fn parse_axiom<'a>(
         }
         Some(Value::String(statement)) => Some(statement.trim()),
         Some(other) => {
-            issues.push(format!(
-                "\"statement\" must be a string, found {}",
-                kind_of(other)
-            ));
+            issues.push(format!("\"statement\" must be a string, found {}", kind_of(other)));
             None
         }
     };
@@ -277,30 +247,22 @@ fn parse_axiom<'a>(
             }
         },
         Some(other) => {
-            issues.push(format!(
-                "\"weight\" must be a number, found {}",
-                kind_of(other)
-            ));
+            issues.push(format!("\"weight\" must be a number, found {}", kind_of(other)));
             None
         }
     };
 
     match (id, statement, weight) {
-        (Some(id), Some(statement), Some(weight)) if issues.is_empty() => Ok(Axiom {
-            id: id.clone(),
-            statement: statement.to_string(),
-            weight,
-        }),
+        (Some(id), Some(statement), Some(weight)) if issues.is_empty() => {
+            Ok(Axiom { id: id.clone(), statement: statement.to_string(), weight })
+        }
         _ => Err(issues),
     }
 }
 
 /// Restricting ids keeps them safe to use as log fields, metric labels and file names.
 fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// serde_json appends the position to its message; it is moved to the front so the operator sees
@@ -312,11 +274,7 @@ fn describe_json_error(err: &serde_json::Error) -> String {
     }
     let position = format!(" at line {} column {}", err.line(), err.column());
     let message = full.strip_suffix(&position).unwrap_or(&full);
-    format!(
-        "invalid JSON at line {} column {}: {message}",
-        err.line(),
-        err.column()
-    )
+    format!("invalid JSON at line {} column {}: {message}", err.line(), err.column())
 }
 
 /// Names a JSON value's type the way an operator would describe it.
@@ -393,9 +351,7 @@ mod tests {
     }
 
     fn file_with_axioms(count: usize) -> String {
-        let axioms: Vec<String> = (0..count)
-            .map(|i| axiom_json(&format!("axiom_{i}")))
-            .collect();
+        let axioms: Vec<String> = (0..count).map(|i| axiom_json(&format!("axiom_{i}"))).collect();
         format!(r#"{{"version": 1, "axioms": [{}]}}"#, axioms.join(","))
     }
 
@@ -407,16 +363,10 @@ mod tests {
     fn embedded_default_set_is_entirely_valid_and_complete() {
         let set = parse_axioms(DEFAULT_AXIOMS, BUILT_IN_SOURCE.to_string());
         assert_eq!(set.problems, Vec::<String>::new());
-        assert!(
-            set.axioms.len() >= 12,
-            "only {} default axioms",
-            set.axioms.len()
-        );
+        assert!(set.axioms.len() >= 12, "only {} default axioms", set.axioms.len());
         assert_eq!(set.alignment(), 1.0);
-        let total: usize = serde_json::from_str::<Value>(DEFAULT_AXIOMS).unwrap()["axioms"]
-            .as_array()
-            .unwrap()
-            .len();
+        let total: usize =
+            serde_json::from_str::<Value>(DEFAULT_AXIOMS).unwrap()["axioms"].as_array().unwrap().len();
         assert_eq!(set.axioms.len(), total, "every default axiom must be valid");
         assert!(ids(&set).contains(&"non_maleficence"));
     }
@@ -428,10 +378,7 @@ mod tests {
         assert_eq!(set.source, "built-in");
         assert!(set.problems.is_empty(), "{:?}", set.problems);
         assert_eq!(set.problem_summary(), None);
-        assert_eq!(
-            set.axioms,
-            parse_axioms(DEFAULT_AXIOMS, String::new()).axioms
-        );
+        assert_eq!(set.axioms, parse_axioms(DEFAULT_AXIOMS, String::new()).axioms);
         assert_eq!(set.alignment(), 1.0);
     }
 
@@ -463,16 +410,8 @@ mod tests {
         assert_eq!(
             set.axioms,
             vec![
-                Axiom {
-                    id: "be_kind".into(),
-                    statement: "Be kind.".into(),
-                    weight: 0.5
-                },
-                Axiom {
-                    id: "tell_truth_2".into(),
-                    statement: "Tell the truth.".into(),
-                    weight: 1.0
-                },
+                Axiom { id: "be_kind".into(), statement: "Be kind.".into(), weight: 0.5 },
+                Axiom { id: "tell_truth_2".into(), statement: "Tell the truth.".into(), weight: 1.0 },
             ]
         );
         assert!((set.alignment() - 0.2).abs() < 1e-12);
@@ -480,10 +419,7 @@ mod tests {
 
     #[test]
     fn file_without_version_is_accepted() {
-        let dir = TempDir::with_file(
-            "no-version",
-            &format!(r#"{{"axioms": [{}]}}"#, axiom_json("a")),
-        );
+        let dir = TempDir::with_file("no-version", &format!(r#"{{"axioms": [{}]}}"#, axiom_json("a")));
         let set = load_axioms(&dir.0);
         assert!(set.problems.is_empty(), "{:?}", set.problems);
         assert_eq!(ids(&set), ["a"]);
@@ -496,16 +432,10 @@ mod tests {
         assert!(set.axioms.is_empty());
         assert_eq!(set.alignment(), 0.0);
         assert_eq!(set.problems.len(), 1);
-        assert_eq!(
-            set.problems,
-            vec!["invalid JSON at line 4 column 1: expected value".to_string()]
-        );
+        assert_eq!(set.problems, vec!["invalid JSON at line 4 column 1: expected value".to_string()]);
         let summary = set.problem_summary().expect("a summary");
         let path = dir.file().display().to_string();
-        assert!(
-            summary.starts_with(&format!("{path}: invalid JSON at line 4")),
-            "{summary}"
-        );
+        assert!(summary.starts_with(&format!("{path}: invalid JSON at line 4")), "{summary}");
         assert!(!summary.contains('\n'));
     }
 
@@ -515,11 +445,7 @@ mod tests {
         let set = load_axioms(&dir.0);
         assert!(set.axioms.is_empty());
         assert_eq!(set.problems.len(), 1);
-        assert!(
-            set.problems[0].starts_with("invalid JSON"),
-            "{}",
-            set.problems[0]
-        );
+        assert!(set.problems[0].starts_with("invalid JSON"), "{}", set.problems[0]);
     }
 
     #[test]
@@ -545,10 +471,7 @@ mod tests {
                 r#"{"axioms": {"id": "a"}}"#,
                 "expected an object with an \"axioms\" list, but \"axioms\" is an object",
             ),
-            (
-                "null",
-                "expected an object with an \"axioms\" list, found null",
-            ),
+            ("null", "expected an object with an \"axioms\" list, found null"),
         ] {
             let dir = TempDir::with_file("shape", contents);
             let set = load_axioms(&dir.0);
@@ -566,11 +489,7 @@ mod tests {
         assert!(set.axioms.is_empty());
         assert_eq!(set.source, dir.file().display().to_string());
         assert_eq!(set.problems.len(), 1);
-        assert!(
-            set.problems[0].starts_with("cannot read the file: "),
-            "{}",
-            set.problems[0]
-        );
+        assert!(set.problems[0].starts_with("cannot read the file: "), "{}", set.problems[0]);
         assert!(set.problem_summary().unwrap().starts_with(&set.source));
     }
 
@@ -581,11 +500,7 @@ mod tests {
         let set = load_axioms(&dir.0);
         assert!(set.axioms.is_empty());
         assert_eq!(set.problems.len(), 1);
-        assert!(
-            set.problems[0].starts_with("cannot read the file: "),
-            "{}",
-            set.problems[0]
-        );
+        assert!(set.problems[0].starts_with("cannot read the file: "), "{}", set.problems[0]);
     }
 
     #[test]
@@ -690,31 +605,16 @@ mod tests {
         let set = load_axioms(&dir.0);
         assert!(set.axioms.is_empty());
         assert_eq!(set.problems.len(), 2);
-        assert_eq!(
-            set.problems[1],
-            r#"axiom #2: duplicate id "honesty" (first used by axiom #1)"#
-        );
+        assert_eq!(set.problems[1], r#"axiom #2: duplicate id "honesty" (first used by axiom #1)"#);
     }
 
     #[test]
     fn alignment_grows_with_valid_axioms_and_caps_at_one() {
-        for (count, expected) in [
-            (0, 0.0),
-            (1, 0.1),
-            (5, 0.5),
-            (9, 0.9),
-            (10, 1.0),
-            (11, 1.0),
-            (25, 1.0),
-        ] {
+        for (count, expected) in [(0, 0.0), (1, 0.1), (5, 0.5), (9, 0.9), (10, 1.0), (11, 1.0), (25, 1.0)] {
             let dir = TempDir::with_file("alignment", &file_with_axioms(count));
             let set = load_axioms(&dir.0);
             assert_eq!(set.axioms.len(), count);
-            assert!(
-                (set.alignment() - expected).abs() < 1e-12,
-                "{count} axioms: {}",
-                set.alignment()
-            );
+            assert!((set.alignment() - expected).abs() < 1e-12, "{count} axioms: {}", set.alignment());
         }
     }
 
@@ -723,18 +623,13 @@ mod tests {
         let dir = TempDir::with_file("empty-list", r#"{"version": 1, "axioms": []}"#);
         let set = load_axioms(&dir.0);
         assert!(set.axioms.is_empty());
-        assert_eq!(
-            set.problems,
-            vec![r#"the "axioms" list is empty"#.to_string()]
-        );
+        assert_eq!(set.problems, vec![r#"the "axioms" list is empty"#.to_string()]);
     }
 
     #[test]
     fn unsupported_version_is_reported_but_axioms_are_still_read() {
-        let dir = TempDir::with_file(
-            "version-2",
-            &format!(r#"{{"version": 2, "axioms": [{}]}}"#, axiom_json("a")),
-        );
+        let dir =
+            TempDir::with_file("version-2", &format!(r#"{{"version": 2, "axioms": [{}]}}"#, axiom_json("a")));
         let set = load_axioms(&dir.0);
         assert_eq!(ids(&set), ["a"]);
         assert_eq!(
@@ -750,19 +645,10 @@ mod tests {
             source: "/data/axioms.json".into(),
             problems: (1..=8).map(|i| format!("p{i}")).collect(),
         };
-        assert_eq!(
-            set.problem_summary().unwrap(),
-            "/data/axioms.json: p1; p2; p3; p4; p5; and 3 more"
-        );
+        assert_eq!(set.problem_summary().unwrap(), "/data/axioms.json: p1; p2; p3; p4; p5; and 3 more");
 
-        let exactly_five = AxiomSet {
-            problems: (1..=5).map(|i| format!("p{i}")).collect(),
-            ..set
-        };
-        assert_eq!(
-            exactly_five.problem_summary().unwrap(),
-            "/data/axioms.json: p1; p2; p3; p4; p5"
-        );
+        let exactly_five = AxiomSet { problems: (1..=5).map(|i| format!("p{i}")).collect(), ..set };
+        assert_eq!(exactly_five.problem_summary().unwrap(), "/data/axioms.json: p1; p2; p3; p4; p5");
     }
 
     #[test]
