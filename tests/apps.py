@@ -38,52 +38,7 @@ def counting() -> Kernel:
     return kernel
 
 
-def three_async_100ms() -> Kernel:
-    kernel = Kernel()
-    for i in range(3):
-
-        async def check() -> float:
-            await asyncio.sleep(0.1)
-            return 1.0
-
-        kernel.subsystem(f"async{i}", threshold=0.5)(check)
-    return kernel
-
-
-def three_sync_100ms() -> Kernel:
-    kernel = Kernel()
-    for i in range(3):
-
-        def check() -> float:
-            time.sleep(0.1)
-            return 1.0
-
-        kernel.subsystem(f"sync{i}", threshold=0.5)(check)
-    return kernel
-
-
 _never = threading.Event()
-
-
-def hung() -> Kernel:
-    """Every request runs a round (TTL 0); both hung checks time out at 200 ms every time."""
-    kernel = Kernel(ready_ttl_ms=0, request_log=False)
-
-    @kernel.subsystem("hung_async", threshold=0.5, timeout_ms=200)
-    async def hung_async() -> float:
-        await asyncio.Event().wait()
-        return 1.0
-
-    @kernel.subsystem("hung_sync", threshold=0.5, timeout_ms=200)
-    def hung_sync() -> float:
-        _never.wait()
-        return 1.0
-
-    @kernel.subsystem("fine", threshold=0.5, timeout_ms=200)
-    def fine() -> bool:
-        return True
-
-    return kernel
 
 
 def failing() -> Kernel:
@@ -100,18 +55,6 @@ def failing() -> Kernel:
     @kernel.subsystem("ok", threshold=0.5)
     async def ok() -> bool:
         return True
-
-    return kernel
-
-
-def slow_ready() -> Kernel:
-    """A round takes 1 s: long enough to send SIGTERM while a request is in flight."""
-    kernel = Kernel()
-
-    @kernel.subsystem("slow", threshold=0.5, timeout_ms=5_000)
-    async def slow() -> float:
-        await asyncio.sleep(1.0)
-        return 1.0
 
     return kernel
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,43 @@ del cycle
     assert done.returncode == 0, done.stderr
     # Exit waited for the check that was still running: its last line is there.
     assert done.stdout.split("\n") == ["not_ready", "check finished", ""]
+
+
+def test_requests_waiting_on_two_event_loops_are_each_woken_on_their_own() -> None:
+    """A kernel used from two threads, each with its own event loop: requests that wait for the same
+    round are answered on their own loops (a future of one loop awaited on another would fail)."""
+    kernel = Kernel()
+    release = threading.Event()
+    started = threading.Barrier(3)
+
+    @kernel.subsystem("gate", threshold=0.5, timeout_ms=30_000)
+    def gate() -> bool:
+        return release.wait(30)
+
+    core = kernel._core
+
+    async def wait_for_ready() -> int:
+        response = core.route("GET", "/ready", NO_REQUEST)
+        started.wait(30)
+        if response is None:
+            await asyncio.shield(core.ready_round())
+            response = core.route_latest("GET", "/ready", NO_REQUEST)
+        return response[0]
+
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: statuses.append(asyncio.run(wait_for_ready()))) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    started.wait(30)  # both have asked and found the round in flight
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == [200, 200]
+
+
+@pytest.mark.parametrize("elapsed_s", [float("nan"), float("inf"), -1.0])
+def test_a_request_log_time_that_is_not_a_duration_is_a_clear_error(elapsed_s: float) -> None:
+    with pytest.raises(ValueError, match="elapsed_s must be a finite number of seconds"):
+        Kernel()._core.log_request("GET", "/health", 200, elapsed_s)

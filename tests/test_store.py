@@ -93,3 +93,46 @@ def test_memory_calls_fail_clearly_while_the_store_is_held_then_work(
 
     record = wait_until(stored, what="a store after the release")
     assert kernel.memory.retrieve(record) == (b"x", {})
+
+
+STORE_UNTIL_KILLED = """
+import sys
+import phoenix
+
+memory = phoenix.default_kernel(sys.argv[1]).memory
+for i in range(1_000_000):
+    record = memory.store(f"record {i}".encode(), {"i": str(i)})
+    print(record, i, flush=True)  # acknowledged: store() has returned
+"""
+
+
+def test_records_acknowledged_before_a_kill_9_survive_it(tmp_path: Path) -> None:
+    """What the OOM killer does mid-write: every record whose ``store`` returned is there, intact,
+    when the store is reopened, and the store still takes new records."""
+    data = tmp_path / "data"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", STORE_UNTIL_KILLED, str(data)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=phoenix_env(),
+    )
+    assert writer.stdout is not None
+    acknowledged: dict[int, int] = {}
+    for line in writer.stdout:
+        record, i = map(int, line.split())
+        acknowledged[record] = i
+        if len(acknowledged) == 200:
+            break
+    writer.kill()
+    writer.wait(DEADLINE_S)
+    # Lines printed between the last read and the kill are acknowledged too.
+    for line in writer.stdout:
+        record, i = map(int, line.split())
+        acknowledged[record] = i
+
+    memory = default_kernel(data).memory
+    assert memory.integrity() == 1.0
+    for record, i in acknowledged.items():
+        assert memory.retrieve(record) == (f"record {i}".encode(), {"i": str(i)})
+    assert len(memory) >= len(acknowledged)
+    assert memory.store(b"after") not in acknowledged
