@@ -224,7 +224,7 @@ def three_sync_overlapping() -> Kernel:
 
 
 def hung_counted() -> Kernel:
-    """Checks that never answer (async and sync), each start recorded: a pending run is never started again."""
+    """Checks that never answer (async and sync), each start recorded: a pending run never restarts."""
     kernel = Kernel(ready_ttl_ms=0, request_log=False)
     never = threading.Event()
 
