@@ -99,7 +99,10 @@ def warn_if_details_public(kernel: Kernel, host: str) -> None:
 def _draining_server(drain_s: float) -> type[Any]:
     """Granian's server, with a drain phase on SIGTERM: the workers are told to answer
     ``/ready`` with 503 at once (``DRAIN_SIGNAL``), keep serving for ``drain_s``, and only then does
-    Granian's own graceful shutdown begin. A second signal shuts down at once."""
+    Granian's own graceful shutdown begin. A second signal shuts down at once.
+
+    Signals may arrive while a worker is still starting (building its kernel can take seconds, and a
+    failed worker is respawned at any time); each is made safe for that moment here."""
     # Process workers explicitly: the drain signal goes to worker PIDs (Granian picks threads on
     # free-threaded builds, which abi3 wheels do not target).
     from granian.server.mp import MPServer
@@ -107,7 +110,44 @@ def _draining_server(drain_s: float) -> type[Any]:
     class DrainingServer(MPServer):
         _draining = False
 
+        def startup(self, *args: Any, **kwargs: Any) -> None:
+            # The drain signal is blocked in this thread from now on, so every worker starts with it
+            # blocked too (a forked or spawned process inherits the signal mask; exec keeps it). Sent
+            # while a worker is still starting, it waits, pending, instead of killing the worker; the
+            # kernel unblocks it in `__rsgi_init__`, once its handler is in place, and drains at once.
+            # This process never acts on the signal itself.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {DRAIN_SIGNAL})
+            super().startup(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+        def _spawn_workers(self, *args: Any, **kwargs: Any) -> None:
+            super()._spawn_workers(*args, **kwargs)  # type: ignore[no-untyped-call]
+            self._drain_new_workers()
+
+        def _respawn_workers(self, *args: Any, **kwargs: Any) -> None:
+            super()._respawn_workers(*args, **kwargs)  # type: ignore[no-untyped-call]
+            self._drain_new_workers()
+
+        def _drain_new_workers(self) -> None:
+            # A worker started after the drain began (or while SIGTERM was being handled) drains too.
+            if self._draining:
+                self._tell_workers_to_drain()
+
+        def _tell_workers_to_drain(self) -> None:
+            for worker in self.wrks:
+                if worker.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.inner.pid, DRAIN_SIGNAL)
+
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if os.getpid() != self.pid:
+                # A forked worker inherits this handler and runs it until Granian installs the
+                # worker's own, after the kernel is built: the stop would be swallowed, and the
+                # server would wait for that worker for ever. A worker still starting has served
+                # nothing: it leaves at once on SIGTERM (the server's stop) and ignores SIGINT (Ctrl-C
+                # reaches the server too, which then stops it with SIGTERM).
+                if args and args[0] == signal.SIGTERM:
+                    os._exit(0)
+                return
             # Only SIGTERM (an orchestrator's stop) drains. SIGINT is a person at a terminal: Ctrl-C
             # reaches the workers too, which stop at once, so draining would only delay the exit.
             terminated = bool(args) and args[0] == signal.SIGTERM
@@ -115,9 +155,7 @@ def _draining_server(drain_s: float) -> type[Any]:
                 super().signal_handler_interrupt(*args, **kwargs)  # type: ignore[no-untyped-call]
                 return
             self._draining = True
-            for worker in self.wrks:
-                with contextlib.suppress(ProcessLookupError, AttributeError, TypeError):
-                    os.kill(worker.inner.pid, DRAIN_SIGNAL)
+            self._tell_workers_to_drain()
             _log.info("draining for %d ms before shutting down", round(drain_s * 1000))
             timer = threading.Timer(drain_s, super().signal_handler_interrupt)
             timer.daemon = True
@@ -159,6 +197,9 @@ def _serve(settings: Settings) -> int:
         websockets=False,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=dictconfig(settings.log_level, base=LOGGING_CONFIG),
+        # A worker that dies (the OOM killer, a crash) is replaced at once while the others serve; one
+        # that dies again within 5.5 s of its respawn stops the server (Granian's crash-loop guard).
+        respawn_failed_workers=True,
     ).serve()
     return 0
 

@@ -129,9 +129,15 @@ class Kernel:
         return self._core.draining
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.start(loop)
-        # `phoenix serve` tells its workers that shutdown has begun with SIGUSR1 (see cli.py).
+        # `phoenix serve` tells its workers that shutdown has begun with DRAIN_SIGNAL, and starts them
+        # with that signal blocked (see cli.py): one sent while this worker was starting is pending,
+        # and applies before the first request. The signal is unblocked once the loop runs: uvloop
+        # only wakes for a signal while running, so one delivered now would wait for the next.
         loop.add_signal_handler(DRAIN_SIGNAL, self.drain)
+        if DRAIN_SIGNAL in signal.sigpending():
+            self.drain()
+        loop.call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK, {DRAIN_SIGNAL})
+        self.start(loop)
         # What is alive now (modules, settings, the kernel) lives as long as the worker. Frozen, it is
         # left out of the cyclic GC's full collections, which then walk only what requests allocate:
         # under many concurrent requests those collections were a few percent of the worker's time.
