@@ -111,7 +111,9 @@ def test_check_asks_the_server_that_holds_the_store(serve: Any, tmp_path: Path) 
     """Evaluated in process, the check would find the store held by the server ("already open")."""
     server = serve()
     wait_until_serving(server, "/ready")
-    result = phoenix("check", "--data-dir", str(server.data_dir), cwd=tmp_path, env={"PHOENIX_PORT": str(server.port)})
+    result = phoenix(
+        "check", "--data-dir", str(server.data_dir), cwd=tmp_path, env={"PHOENIX_PORT": str(server.port)}
+    )
     assert result.returncode == 0, result
     report = json.loads(result.stdout)
     assert report["status"] == "ready"

@@ -66,7 +66,12 @@ def test_sigterm_while_workers_start_exits_0(serve: Any, drain_ms: str) -> None:
     drain, the drain signal reaches workers that cannot handle it yet; with or without one, the
     shutdown's SIGTERM reaches them before Granian has installed its own handlers."""
     server: Server = serve(
-        "--app", "tests.apps:slow_start", "--workers", "2", env={"PHOENIX_SHUTDOWN_DRAIN_MS": drain_ms}, wait=False
+        "--app",
+        "tests.apps:slow_start",
+        "--workers",
+        "2",
+        env={"PHOENIX_SHUTDOWN_DRAIN_MS": drain_ms},
+        wait=False,
     )
     wait_for(lambda: len(server.runs()) == 2, "both workers to be starting", server)
     server.proc.send_signal(signal.SIGTERM)
@@ -76,7 +81,12 @@ def test_sigterm_while_workers_start_exits_0(serve: Any, drain_ms: str) -> None:
 def test_a_worker_that_finishes_starting_during_the_drain_drains(serve: Any) -> None:
     """The drain began while the worker was starting: once it serves, ``/ready`` says draining."""
     server: Server = serve(
-        "--app", "tests.apps:slow_start", "--workers", "2", env={"PHOENIX_SHUTDOWN_DRAIN_MS": "60000"}, wait=False
+        "--app",
+        "tests.apps:slow_start",
+        "--workers",
+        "2",
+        env={"PHOENIX_SHUTDOWN_DRAIN_MS": "60000"},
+        wait=False,
     )
     wait_for(lambda: len(server.runs()) == 2, "both workers to be starting", server)
     server.proc.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import importlib
 import ipaddress
 import json
@@ -18,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,9 @@ _log = logging.getLogger("phoenix.kernel")
 
 # How long `phoenix check` waits for the native subsystems to come up before judging them.
 CHECK_STARTUP_WAIT_S = 30.0
+# How long `phoenix check` waits for a server's answer: a round takes as long as its slowest check's
+# timeout (500 ms by default).
+CHECK_ANSWER_TIMEOUT_S = 10.0
 
 
 def load_kernel(settings: Settings) -> Kernel:
@@ -124,7 +129,7 @@ def _draining_server(drain_s: float) -> type[Any]:
             self._drain_new_workers()
 
         def _respawn_workers(self, *args: Any, **kwargs: Any) -> None:
-            super()._respawn_workers(*args, **kwargs)  # type: ignore[no-untyped-call]
+            super()._respawn_workers(*args, **kwargs)
             self._drain_new_workers()
 
         def _drain_new_workers(self) -> None:
@@ -134,7 +139,7 @@ def _draining_server(drain_s: float) -> type[Any]:
 
         def _tell_workers_to_drain(self) -> None:
             for worker in self.wrks:
-                if worker.is_alive():
+                if worker.inner.is_alive():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(worker.inner.pid, DRAIN_SIGNAL)
 
@@ -212,18 +217,78 @@ async def _check_once(kernel: Kernel) -> dict[str, Any]:
     return await kernel.check()
 
 
-def _check(settings: Settings) -> int:
+class _NoAnswer(Exception):
+    """``phoenix check`` reached no readiness report at a server's URL (the message says why)."""
+
+
+def _server_url(settings: Settings) -> str:
+    """Where ``phoenix serve`` with these settings answers; a wildcard bind is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def _ask_server(url: str, token: str | None) -> tuple[bool, dict[str, Any]]:
+    """The readiness of the server at ``url`` (its ``/ready`` answer: 200 ready, 503 not) and its report.
+
+    ConnectionRefusedError when nothing listens there; _NoAnswer when it gives no readiness report.
+    """
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for --url: {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"invalid value for --url: {url!r} is not an http:// or https:// URL")
+    connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_type(parts.hostname, port, timeout=CHECK_ANSWER_TIMEOUT_S)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        connection.request("GET", parts.path.rstrip("/") + "/ready", headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    except ConnectionRefusedError:
+        raise
+    except (OSError, http.client.HTTPException) as exc:
+        raise _NoAnswer(f"no answer from {url}: {exc or type(exc).__name__}") from None
+    finally:
+        connection.close()
+    try:
+        report = json.loads(body)
+    except ValueError:
+        report = None
+    if response.status not in (200, 503) or not isinstance(report, dict) or "status" not in report:
+        raise _NoAnswer(f"{url} answered HTTP {response.status}, not a Phoenix readiness report")
+    return response.status == 200, report
+
+
+def _check(settings: Settings, url: str | None) -> int:
+    """Asks the server at ``url``, else at the configured host and port; only when nothing listens
+    there (no server holds the kernel) is the kernel evaluated here, in this process."""
     configure(settings.log_level)
-    report = asyncio.run(_check_once(load_kernel(settings)))
+    try:
+        if url is None and settings.port == 0:  # a server on port 0 cannot be found again
+            raise ConnectionRefusedError
+        ready, report = _ask_server(url or _server_url(settings), settings.token)
+    except ConnectionRefusedError:
+        if url is not None:
+            print(f"phoenix: no server answers at {url} (connection refused)", file=sys.stderr)
+            return 2
+        report = asyncio.run(_check_once(load_kernel(settings)))
+        ready = report["status"] == "ready"
+    except _NoAnswer as exc:
+        print(f"phoenix: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(report, indent=2))
-    return 0 if report["status"] == "ready" else 1
+    return 0 if ready else 1
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve /health and /ready over HTTP")
-    check = commands.add_parser("check", help="check readiness once; exit 0 when ready, 1 when not")
+    check = commands.add_parser(
+        "check", help="check readiness once, asking the running server if any; exit 0 when ready, 1 when not"
+    )
     for command in (serve, check):
         command.add_argument("--config", help="TOML config file (default: ./phoenix.toml if present)")
     # Options are generated from the one table of keys, so the CLI cannot drift from the config.
@@ -233,6 +298,11 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(f"--{name.replace('_', '-')}", dest=name, help=helps[name])
     for name in ("host", "port", "workers"):
         serve.add_argument(f"--{name}", dest=name, help=helps[name])
+    check.add_argument(
+        "--url",
+        help="ask the server at this URL (e.g. http://127.0.0.1:5001) instead of the configured host and "
+        "port; exit 2 if none answers there",
+    )
     return parser
 
 
@@ -243,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(given, config_file=args.config)
         if args.command == "serve":
             return _serve(settings)
-        return _check(settings)
+        return _check(settings, args.url)
     except ConfigError as exc:
         print(f"phoenix: {exc}", file=sys.stderr)
         return 2
