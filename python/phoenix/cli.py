@@ -265,19 +265,22 @@ def _check(settings: Settings, url: str | None) -> int:
     """Asks the server at ``url``, else at the configured host and port; only when nothing listens
     there (no server holds the kernel) is the kernel evaluated here, in this process."""
     configure(settings.log_level)
+    answer: tuple[bool, dict[str, Any]] | None = None
     try:
-        if url is None and settings.port == 0:  # a server on port 0 cannot be found again
-            raise ConnectionRefusedError
-        ready, report = _ask_server(url or _server_url(settings), settings.token)
+        # A server on port 0 took whichever port was free: there is no finding it again.
+        if url is not None or settings.port != 0:
+            answer = _ask_server(url or _server_url(settings), settings.token)
     except ConnectionRefusedError:
         if url is not None:
             print(f"phoenix: no server answers at {url} (connection refused)", file=sys.stderr)
             return 2
-        report = asyncio.run(_check_once(load_kernel(settings)))
-        ready = report["status"] == "ready"
     except _NoAnswer as exc:
         print(f"phoenix: {exc}", file=sys.stderr)
         return 2
+    if answer is None:
+        report = asyncio.run(_check_once(load_kernel(settings)))
+        answer = report["status"] == "ready", report
+    ready, report = answer
     print(json.dumps(report, indent=2))
     return 0 if ready else 1
 

@@ -130,19 +130,22 @@ class Kernel:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # `phoenix serve` tells its workers that shutdown has begun with DRAIN_SIGNAL, and starts them
-        # with that signal blocked (see cli.py): one sent while this worker was starting is pending,
-        # and applies before the first request. The signal is unblocked once the loop runs: uvloop
-        # only wakes for a signal while running, so one delivered now would wait for the next.
-        loop.add_signal_handler(DRAIN_SIGNAL, self.drain)
-        if DRAIN_SIGNAL in signal.sigpending():
-            self.drain()
-        loop.call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK, {DRAIN_SIGNAL})
+        # with that signal blocked (see cli.py), so one sent while this worker was starting is pending.
+        # Unblocked with the handler in place, it is handled at once, before the first request. A plain
+        # handler rather than the loop's: uvloop dispatches its own only for signals that arrive while
+        # it runs, and the drain is a flag, safe to set from any point in the main thread. Unblocked
+        # before `start`, so the threads started from here on do not inherit the block.
+        signal.signal(DRAIN_SIGNAL, self._drain_on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})
         self.start(loop)
         # What is alive now (modules, settings, the kernel) lives as long as the worker. Frozen, it is
         # left out of the cyclic GC's full collections, which then walk only what requests allocate:
         # under many concurrent requests those collections were a few percent of the worker's time.
         gc.collect()
         gc.freeze()
+
+    def _drain_on_signal(self, signum: int, frame: object) -> None:
+        self.drain()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Worker processes end without running atexit hooks: write out the buffered request log now.
