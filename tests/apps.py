@@ -272,3 +272,17 @@ def start_fails() -> Kernel:
     kernel = Kernel()
     kernel._core = _StartFailsCore(kernel._core)  # type: ignore[assignment]
     return kernel
+
+
+class _SlowStartKernel(Kernel):
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().start(loop)
+        if _in_server_worker():
+            _record("starting")
+            time.sleep(1.5)
+
+
+def slow_rsgi_init() -> Kernel:
+    """Takes 1.5 s in ``__rsgi_init__`` (after Granian has installed the worker's signal handlers,
+    before its event loop runs), after recording ``starting``."""
+    return _SlowStartKernel()

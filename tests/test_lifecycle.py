@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -42,6 +43,18 @@ def answering_pid(response: Response) -> int:
     return int(name.removeprefix("pid_"))
 
 
+def two_workers(server: Server) -> list[int]:
+    pids: list[int] = wait_for(
+        lambda: len(server.worker_pids()) == 2 and server.worker_pids(), "two workers", server
+    )
+    return pids
+
+
+def workers_serving(server: Server) -> int:
+    """How many workers have begun serving so far, replacements included (Granian logs each)."""
+    return len(re.findall(r"^\[INFO\] Started worker-\d+$", server.logs(), re.MULTILINE))
+
+
 def assert_clean_exit(server: Server) -> None:
     assert server.proc.wait(DEADLINE_S) == 0, server.logs()
     assert "Unexpected exit" not in server.logs()
@@ -64,6 +77,15 @@ def test_sigterm_while_workers_start_exits_0(serve: Any, drain_ms: str) -> None:
         wait=False,
     )
     wait_for(lambda: len(server.runs()) == 2, "both workers to be starting", server)
+    server.proc.send_signal(signal.SIGTERM)
+    assert_clean_exit(server)
+
+
+def test_sigterm_while_a_worker_starts_its_event_loop_exits_0(serve: Any) -> None:
+    """Granian's handlers are in place but its loop does not run yet: uvloop records the signal and
+    would act on it only when woken by another."""
+    server: Server = serve("--app", "tests.apps:slow_rsgi_init", wait=False)
+    wait_for(lambda: server.runs() == ["starting"], "the worker to be starting", server)
     server.proc.send_signal(signal.SIGTERM)
     assert_clean_exit(server)
 
@@ -104,8 +126,7 @@ def test_second_sigterm_skips_the_rest_of_the_drain(serve: Any) -> None:
 
 def test_a_killed_worker_is_respawned_while_the_other_keeps_serving(serve: Any) -> None:
     server: Server = serve("--app", "tests.apps:worker_pid", "--workers", "2")
-    first = wait_for(lambda: len(server.worker_pids()) == 2 and server.worker_pids(), "two workers", server)
-    victim, survivor = first
+    victim, survivor = two_workers(server)
     wait_for(lambda: answering_pid(server.request("/ready")) == victim, "the victim to serve", server)
 
     os.kill(victim, signal.SIGKILL)
@@ -141,6 +162,23 @@ def test_the_default_kernels_worker_is_respawned_on_the_same_store(serve: Any) -
     assert server.request("/health").status == 200
     assert server.request("/startup").status == 200
     assert (server.data_dir / "plastic_ltm.redb").exists()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(DEADLINE_S) == 0, server.logs()
+
+
+def test_a_worker_respawned_during_the_drain_drains(serve: Any) -> None:
+    server: Server = serve(
+        "--app", "tests.apps:worker_pid", "--workers", "2", env={"PHOENIX_SHUTDOWN_DRAIN_MS": "60000"}
+    )
+    victim, _ = two_workers(server)
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: server.request("/ready").status == 503, "/ready to say draining", server)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: workers_serving(server) == 3, "the replacement to serve", server)
+    # The kernel hands each connection to either worker: 40 answers from both, every one draining.
+    for _ in range(40):
+        answer = server.request("/ready")
+        assert (answer.status, answer.json()) == (503, {"status": "draining"})
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(DEADLINE_S) == 0, server.logs()
 

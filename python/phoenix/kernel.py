@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import json
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +22,19 @@ DRAIN_SIGNAL = signal.SIGUSR1
 Metric = float | bool
 CheckFunc = Callable[[], Metric | Awaitable[Metric]]
 F = TypeVar("F", bound=CheckFunc)
+
+
+def _wake_for_early_signals() -> None:
+    """Run once the worker's loop runs. Granian installs the worker's SIGTERM and SIGINT handlers on
+    the loop before calling ``__rsgi_init__``, and uvloop only records a signal that arrives before it
+    runs: it acts on it when woken through the signal wakeup fd, which nothing else would do, and the
+    worker would miss the server's stop for good. A byte on that fd (a 0, which names no signal) wakes
+    it for whatever it recorded; the asyncio loop ignores it."""
+    wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
+    if wakeup_fd != -1:
+        with contextlib.suppress(BlockingIOError):  # full: the loop is being woken anyway
+            os.write(wakeup_fd, b"\0")
 
 
 class Kernel:
@@ -137,6 +152,7 @@ class Kernel:
         # before `start`, so the threads started from here on do not inherit the block.
         signal.signal(DRAIN_SIGNAL, self._drain_on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})
+        loop.call_soon(_wake_for_early_signals)
         self.start(loop)
         # What is alive now (modules, settings, the kernel) lives as long as the worker. Frozen, it is
         # left out of the cyclic GC's full collections, which then walk only what requests allocate:
