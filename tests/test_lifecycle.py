@@ -44,9 +44,11 @@ def answering_pid(response: Response) -> int:
 
 
 def two_workers(server: Server) -> list[int]:
-    pids: list[int] = wait_for(
-        lambda: len(server.worker_pids()) == 2 and server.worker_pids(), "two workers", server
-    )
+    def both() -> list[int] | None:
+        pids = server.worker_pids()
+        return pids if len(pids) == 2 else None
+
+    pids: list[int] = wait_for(both, "two workers", server)
     return pids
 
 
