@@ -278,3 +278,70 @@ def leaky() -> Kernel:
         raise ConnectionError("could not connect to postgres://app:hunter2@db/app password=hunter2")
 
     return kernel
+
+
+def _in_server_worker() -> bool:
+    """True in a Granian worker process, false in `phoenix serve` itself (which builds the kernel
+    once, to validate --app, before any worker starts)."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+def slow_start() -> Kernel:
+    """Takes 1.5 s to build in each worker, after recording ``starting``: a test can send SIGTERM
+    while a worker is still starting, at a point it has observed."""
+    if _in_server_worker():
+        _record("starting")
+        time.sleep(1.5)
+    return Kernel()
+
+
+def slow_to_load() -> Kernel:
+    """Takes 1.5 s to build in `phoenix serve` itself, after recording ``loading``: a test can send
+    SIGTERM before any worker exists."""
+    if not _in_server_worker():
+        _record("loading")
+        time.sleep(1.5)
+    return Kernel()
+
+
+def worker_pid() -> Kernel:
+    """Ready, and ``/ready`` names the process that answered: a test can tell workers apart."""
+    kernel = Kernel(ready_ttl_ms=0, request_log=False)
+    pid = os.getpid()
+    kernel.subsystem(f"pid_{pid}", threshold=0.5)(lambda: True)
+    return kernel
+
+
+class _StartFailsCore:
+    """The real core, except that starting it fails: exercises the ASGI lifespan's failure path."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+
+    def start(self, event_loop: object = None) -> None:
+        raise RuntimeError("cannot start: the dependency is down")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def start_fails() -> Kernel:
+    kernel = Kernel()
+    kernel._core = _StartFailsCore(kernel._core)  # type: ignore[assignment]
+    return kernel
+
+
+class _SlowStartKernel(Kernel):
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().start(loop)
+        if _in_server_worker():
+            _record("starting")
+            time.sleep(1.5)
+
+
+def slow_rsgi_init() -> Kernel:
+    """Takes 1.5 s in ``__rsgi_init__`` (after Granian has installed the worker's signal handlers,
+    before its event loop runs), after recording ``starting``."""
+    return _SlowStartKernel()

@@ -19,12 +19,15 @@ from .conftest import Server, free_port, phoenix_env, wait_until_serving
 
 
 def phoenix(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # A free port unless the test names one: `phoenix check` asks whatever answers at the configured
+    # port, and on a shared machine 5001 may be someone's `make run`.
+    env = {"PHOENIX_PORT": str(free_port()), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "phoenix", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=phoenix_env(**(env or {})),
+        env=phoenix_env(**env),
         timeout=60,
     )
 
@@ -250,3 +253,59 @@ def test_checks_do_not_inherit_the_token(tmp_path: Path) -> None:
     response = server.request("/ready")
 
     assert response.json()["subsystems"]["token_hidden"]["ready"] is True, response.body
+
+
+# -- `phoenix check` beside `phoenix serve` ----------------------------------------------------------
+
+
+def test_check_asks_the_server_that_holds_the_store(serve: Any, tmp_path: Path) -> None:
+    """Evaluated in process, the check would find the store held by the server ("already open")."""
+    server = serve()
+    wait_until_serving(server, "/ready")
+    result = phoenix(
+        "check", "--data-dir", str(server.data_dir), cwd=tmp_path, env={"PHOENIX_PORT": str(server.port)}
+    )
+    assert result.returncode == 0, result
+    report = json.loads(result.stdout)
+    assert report["status"] == "ready"
+    assert set(report["subsystems"]) == {"plastic_ltm", "triune_conscience", "world_model"}
+    assert "already open" not in result.stdout + result.stderr
+
+
+def test_check_reports_a_server_that_is_not_ready_and_exits_1(serve: Any, tmp_path: Path) -> None:
+    server = serve("--app", "tests.apps:failing")
+    # Without --app, an in-process check would evaluate the (ready) default kernel instead.
+    result = phoenix("check", "--url", f"http://127.0.0.1:{server.port}", cwd=tmp_path)
+    assert result.returncode == 1, result
+    report = json.loads(result.stdout)
+    assert report["status"] == "not_ready"
+    assert report["missing"] == ["raises", "low"]
+
+
+def test_check_sends_the_configured_token(serve: Any, tmp_path: Path) -> None:
+    server = serve("--app", "tests.apps:guarded")
+    url = f"http://127.0.0.1:{server.port}"
+    anonymous = phoenix("check", "--url", url, cwd=tmp_path)
+    assert (anonymous.returncode, json.loads(anonymous.stdout)) == (0, {"status": "ready"})
+    env = {"PHOENIX_DETAILS": "token", "PHOENIX_TOKEN": "s3cret"}
+    bearer = phoenix("check", "--url", url, cwd=tmp_path, env=env)
+    assert bearer.returncode == 0, bearer
+    assert json.loads(bearer.stdout)["subsystems"]["db"]["metric"] == 0.9
+
+
+def test_check_with_a_url_where_nothing_answers_exits_2_with_one_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = phoenix("check", "--url", url, cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert url in line
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:21", "127.0.0.1:5001", "http://", "http://127.0.0.1:99999"])
+def test_check_with_a_bad_url_exits_2_with_one_line(tmp_path: Path, url: str) -> None:
+    result = phoenix("check", "--url", url, cwd=tmp_path)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert "--url" in line

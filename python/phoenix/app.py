@@ -132,7 +132,14 @@ class ASGIApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._start()
+                try:
+                    self._start()
+                except Exception as exc:
+                    # The server reports the message and does not serve: an app that cannot start
+                    # must not claim it did, nor leave the server to guess from a traceback.
+                    _errors.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

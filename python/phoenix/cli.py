@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import http.client
 import importlib
 import ipaddress
 import itertools
@@ -22,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +35,9 @@ _log = logging.getLogger("phoenix.kernel")
 
 # How long `phoenix check` waits for the native subsystems to come up before judging them.
 CHECK_STARTUP_WAIT_S = 30.0
+# How long `phoenix check` waits for a server's answer: a round takes as long as its slowest check's
+# timeout (500 ms by default).
+CHECK_ANSWER_TIMEOUT_S = 10.0
 
 
 def load_kernel(settings: Settings) -> Kernel:
@@ -150,7 +155,10 @@ def _forget_token() -> None:
 def _draining_server(drain_s: float) -> type[Any]:
     """Granian's server, with a drain phase on SIGTERM: the workers are told to answer
     ``/ready`` with 503 at once (``DRAIN_SIGNAL``), keep serving for ``drain_s``, and only then does
-    Granian's own graceful shutdown begin. A second signal shuts down at once."""
+    Granian's own graceful shutdown begin. A second signal shuts down at once.
+
+    Signals may arrive while a worker is still starting (building its kernel can take seconds, and a
+    failed worker is respawned at any time); each is made safe for that moment here."""
     # Process workers explicitly: the drain signal goes to worker PIDs (Granian picks threads on
     # free-threaded builds, which abi3 wheels do not target).
     from granian.server.mp import MPServer
@@ -158,7 +166,44 @@ def _draining_server(drain_s: float) -> type[Any]:
     class DrainingServer(MPServer):
         _draining = False
 
+        def startup(self, *args: Any, **kwargs: Any) -> None:
+            # The drain signal is blocked in this thread from now on, so every worker starts with it
+            # blocked too (a forked or spawned process inherits the signal mask; exec keeps it). Sent
+            # while a worker is still starting, it waits, pending, instead of killing the worker; the
+            # kernel unblocks it in `__rsgi_init__`, once its handler is in place, and drains at once.
+            # This process never acts on the signal itself.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {DRAIN_SIGNAL})
+            super().startup(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+        def _spawn_workers(self, *args: Any, **kwargs: Any) -> None:
+            super()._spawn_workers(*args, **kwargs)  # type: ignore[no-untyped-call]
+            self._drain_new_workers()
+
+        def _respawn_workers(self, *args: Any, **kwargs: Any) -> None:
+            super()._respawn_workers(*args, **kwargs)
+            self._drain_new_workers()
+
+        def _drain_new_workers(self) -> None:
+            # A worker started after the drain began (or while SIGTERM was being handled) drains too.
+            if self._draining:
+                self._tell_workers_to_drain()
+
+        def _tell_workers_to_drain(self) -> None:
+            for worker in self.wrks:
+                if worker.inner.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.inner.pid, DRAIN_SIGNAL)
+
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if os.getpid() != self.pid:
+                # A forked worker inherits this handler and runs it until Granian installs the
+                # worker's own, after the kernel is built: the stop would be swallowed, and the
+                # server would wait for that worker for ever. A worker still starting has served
+                # nothing: it leaves at once on SIGTERM (the server's stop) and ignores SIGINT (Ctrl-C
+                # reaches the server too, which then stops it with SIGTERM).
+                if args and args[0] == signal.SIGTERM:
+                    os._exit(0)
+                return
             # Only SIGTERM (an orchestrator's stop) drains. SIGINT is a person at a terminal: Ctrl-C
             # reaches the workers too, which stop at once, so draining would only delay the exit.
             terminated = bool(args) and args[0] == signal.SIGTERM
@@ -166,15 +211,17 @@ def _draining_server(drain_s: float) -> type[Any]:
                 super().signal_handler_interrupt(*args, **kwargs)  # type: ignore[no-untyped-call]
                 return
             self._draining = True
-            for worker in self.wrks:
-                with contextlib.suppress(ProcessLookupError, AttributeError, TypeError):
-                    os.kill(worker.inner.pid, DRAIN_SIGNAL)
+            self._tell_workers_to_drain()
             _log.info("draining for %d ms before shutting down", round(drain_s * 1000))
             timer = threading.Timer(drain_s, super().signal_handler_interrupt)
             timer.daemon = True
             timer.start()
 
     return DrainingServer
+
+
+def _stop_before_serving(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _serve(settings: Settings) -> int:
@@ -186,6 +233,8 @@ def _serve(settings: Settings) -> int:
             "invalid value for workers: the default kernel's store belongs to one process; "
             "use workers = 1, or serve your own --app"
         )
+    # Until Granian installs its own handlers, a stop (SIGTERM) while --app loads here is a clean exit.
+    signal.signal(signal.SIGTERM, _stop_before_serving)
     kernel = served_kernel(settings)  # fail here, with exit status 2, rather than in every worker
     configure(settings.log_level)
     _log.info("%s", details_in_force(kernel, settings.host)[1])
@@ -207,6 +256,9 @@ def _serve(settings: Settings) -> int:
         websockets=False,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=dictconfig(settings.log_level, base=LOGGING_CONFIG),
+        # A worker that dies (the OOM killer, a crash) is replaced at once while the others serve; one
+        # that dies again within 5.5 s of its respawn stops the server (Granian's crash-loop guard).
+        respawn_failed_workers=True,
     ).serve(target_loader=functools.partial(worker_kernel, settings), wrap_loader=False)
     return 0
 
@@ -219,18 +271,81 @@ async def _check_once(kernel: Kernel) -> dict[str, Any]:
     return await kernel.check()
 
 
-def _check(settings: Settings) -> int:
+class _NoAnswer(Exception):
+    """``phoenix check`` reached no readiness report at a server's URL (the message says why)."""
+
+
+def _server_url(settings: Settings) -> str:
+    """Where ``phoenix serve`` with these settings answers; a wildcard bind is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def _ask_server(url: str, token: str | None) -> tuple[bool, dict[str, Any]]:
+    """The readiness of the server at ``url`` (its ``/ready`` answer: 200 ready, 503 not) and its report.
+
+    ConnectionRefusedError when nothing listens there; _NoAnswer when it gives no readiness report.
+    """
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for --url: {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"invalid value for --url: {url!r} is not an http:// or https:// URL")
+    connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_type(parts.hostname, port, timeout=CHECK_ANSWER_TIMEOUT_S)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        connection.request("GET", parts.path.rstrip("/") + "/ready", headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    except ConnectionRefusedError:
+        raise
+    except (OSError, http.client.HTTPException) as exc:
+        raise _NoAnswer(f"no answer from {url}: {exc or type(exc).__name__}") from None
+    finally:
+        connection.close()
+    try:
+        report = json.loads(body)
+    except ValueError:
+        report = None
+    if response.status not in (200, 503) or not isinstance(report, dict) or "status" not in report:
+        raise _NoAnswer(f"{url} answered HTTP {response.status}, not a Phoenix readiness report")
+    return response.status == 200, report
+
+
+def _check(settings: Settings, url: str | None) -> int:
+    """Asks the server at ``url``, else at the configured host and port; only when nothing listens
+    there (no server holds the kernel) is the kernel evaluated here, in this process."""
     configure(settings.log_level)
-    report = asyncio.run(_check_once(load_kernel(settings)))
+    answer: tuple[bool, dict[str, Any]] | None = None
+    try:
+        # A server on port 0 took whichever port was free: there is no finding it again.
+        if url is not None or settings.port != 0:
+            answer = _ask_server(url or _server_url(settings), settings.token)
+    except ConnectionRefusedError:
+        if url is not None:
+            print(f"phoenix: no server answers at {url} (connection refused)", file=sys.stderr)
+            return 2
+    except _NoAnswer as exc:
+        print(f"phoenix: {exc}", file=sys.stderr)
+        return 2
+    if answer is None:
+        report = asyncio.run(_check_once(load_kernel(settings)))
+        answer = report["status"] == "ready", report
+    ready, report = answer
     print(json.dumps(report, indent=2))
-    return 0 if report["status"] == "ready" else 1
+    return 0 if ready else 1
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve /health and /ready over HTTP")
-    check = commands.add_parser("check", help="check readiness once; exit 0 when ready, 1 when not")
+    check = commands.add_parser(
+        "check", help="check readiness once, asking the running server if any; exit 0 when ready, 1 when not"
+    )
     for command in (serve, check):
         command.add_argument("--config", help="TOML config file (default: ./phoenix.toml if present)")
     # Options are generated from the one table of keys, so the CLI cannot drift from the config.
@@ -240,6 +355,11 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(f"--{name.replace('_', '-')}", dest=name, help=helps[name])
     for name in ("host", "port", "workers"):
         serve.add_argument(f"--{name}", dest=name, help=helps[name])
+    check.add_argument(
+        "--url",
+        help="ask the server at this URL (e.g. http://127.0.0.1:5001) instead of the configured host and "
+        "port; exit 2 if none answers there",
+    )
     return parser
 
 
@@ -251,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _forget_token()
         if args.command == "serve":
             return _serve(settings)
-        return _check(settings)
+        return _check(settings, args.url)
     except ConfigError as exc:
         print(f"phoenix: {exc}", file=sys.stderr)
         return 2

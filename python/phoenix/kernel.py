@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import json
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +23,19 @@ DRAIN_SIGNAL = signal.SIGUSR1
 Metric = float | bool
 CheckFunc = Callable[[], Metric | Awaitable[Metric]]
 F = TypeVar("F", bound=CheckFunc)
+
+
+def _wake_for_early_signals() -> None:
+    """Run once the worker's loop runs. Granian installs the worker's SIGTERM and SIGINT handlers on
+    the loop before calling ``__rsgi_init__``, and uvloop only records a signal that arrives before it
+    runs: it acts on it when woken through the signal wakeup fd, which nothing else would do, and the
+    worker would miss the server's stop for good. A byte on that fd (a 0, which names no signal) wakes
+    it for whatever it recorded; the asyncio loop ignores it."""
+    wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
+    if wakeup_fd != -1:
+        with contextlib.suppress(BlockingIOError):  # full: the loop is being woken anyway
+            os.write(wakeup_fd, b"\0")
 
 
 class Kernel:
@@ -144,14 +159,24 @@ class Kernel:
         return self._core.draining
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # `phoenix serve` tells its workers that shutdown has begun with DRAIN_SIGNAL, and starts them
+        # with that signal blocked (see cli.py), so one sent while this worker was starting is pending.
+        # Unblocked with the handler in place, it is handled at once, before the first request. A plain
+        # handler rather than the loop's: uvloop dispatches its own only for signals that arrive while
+        # it runs, and the drain is a flag, safe to set from any point in the main thread. Unblocked
+        # before `start`, so the threads started from here on do not inherit the block.
+        signal.signal(DRAIN_SIGNAL, self._drain_on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})
+        loop.call_soon(_wake_for_early_signals)
         self.start(loop)
-        # `phoenix serve` tells its workers that shutdown has begun with SIGUSR1 (see cli.py).
-        loop.add_signal_handler(DRAIN_SIGNAL, self.drain)
         # What is alive now (modules, settings, the kernel) lives as long as the worker. Frozen, it is
         # left out of the cyclic GC's full collections, which then walk only what requests allocate:
         # under many concurrent requests those collections were a few percent of the worker's time.
         gc.collect()
         gc.freeze()
+
+    def _drain_on_signal(self, signum: int, frame: object) -> None:
+        self.drain()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Worker processes end without running atexit hooks: write out the buffered request log now.
