@@ -151,9 +151,8 @@ pub fn run_coroutine(
     let _ = callback.and_then(|callback| running.call_method1("add_done_callback", (callback,)));
 }
 
-/// Rust log records (a status change, a malformed axioms file) go to Python's `logging`, under their
-/// target's name, through the `phoenix-python` thread: a record logged at the end of a round on a
-/// tokio thread must not wait for the GIL. Python's logging configuration decides what is shown.
+/// Rust log records go to Python's `logging` (under their target's name) through `phoenix-python`: a
+/// status change logged on a tokio thread must not wait for the GIL. Python's configuration filters.
 pub struct PythonLogger;
 
 impl log::Log for PythonLogger {

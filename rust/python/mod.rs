@@ -57,8 +57,7 @@ impl PyResponse {
 }
 
 type Answered = PyResult<Py<PyTuple>>;
-/// A response, or `None` when the caller must wait for the round in flight.
-type Routing = PyResult<Option<Py<PyTuple>>>;
+type Routing = PyResult<Option<Py<PyTuple>>>; // `None`: wait for the round in flight
 
 /// The kernel's engine, `phoenix.Kernel`'s core: a `Service` and what Python needs around it.
 #[pyclass(frozen, module = "phoenix._core")]
@@ -104,6 +103,17 @@ impl Core {
         }))
     }
 
+    fn reply(&self, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> PyResult<Option<Reply>> {
+        let readiness = match self.service.route(method, path) {
+            Routed::Reply(reply) => return Ok(Some(reply)),
+            Routed::Readiness(readiness) => readiness,
+        };
+        Ok(match self.with_parts(scope, |parts| self.service.ready(readiness, parts))? {
+            Answer::Reply(reply) => Some(reply),
+            Answer::Wait => None,
+        })
+    }
+
     fn bind_running_loop(&self, py: Python<'_>) {
         if let Ok(event_loop) = bridge::running_loop(py) {
             self.event_loop.store(Some(Arc::new(event_loop.unbind())));
@@ -126,28 +136,19 @@ impl Core {
         Ok(Self { service, event_loop: Arc::default() })
     }
 
-    /// Answers a request: a `(status, headers, body)` tuple, or `None` when a readiness answer has
-    /// nothing servable yet: the caller then awaits `ready_round()` and asks `route_latest`.
+    /// A `(status, headers, body)`, or `None`: then await `ready_round()` and ask `route_latest`.
     fn route(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Routing {
-        let readiness = match self.service.route(method, path) {
-            Routed::Reply(reply) => return self.python(py, &reply).map(Some),
-            Routed::Readiness(readiness) => readiness,
-        };
-        match self.with_parts(scope, |parts| self.service.ready(readiness, parts))? {
-            Answer::Reply(reply) => self.python(py, &reply).map(Some),
-            Answer::Wait => Ok(None),
-        }
+        self.reply(method, path, scope)?.map(|reply| self.python(py, &reply)).transpose()
     }
 
     /// `route`, plus the request-log line for every answer it gives (the served RSGI path).
     fn serve(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Routing {
         let started = Instant::now();
-        let answer = self.route(py, method, path, scope)?;
-        if let Some(response) = &answer {
-            let status: u16 = response.bind(py).get_item(0)?.extract()?;
-            self.service.log(method, path, status, started.elapsed());
+        let reply = self.reply(method, path, scope)?;
+        if let Some(reply) = &reply {
+            self.service.log(method, path, reply.status(), started.elapsed());
         }
-        Ok(answer)
+        reply.map(|reply| self.python(py, &reply)).transpose()
     }
 
     /// An asyncio future resolved when the round in flight ends (at once if none is; a first round is
