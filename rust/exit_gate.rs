@@ -2,7 +2,7 @@
 //! passes, and whoever closed it waits, up to a bound, for those still inside to leave.
 //!
 //! The binding layer puts every call from a Rust thread into Python behind one, closed when the
-//! interpreter begins to exit (see `python.rs` for why).
+//! interpreter begins to exit (see `python/bridge.rs` for why).
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
