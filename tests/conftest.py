@@ -28,16 +28,23 @@ T = TypeVar("T")
 
 
 def wait_until(
-    condition: Callable[[], T | None], timeout: float = CONDITION_TIMEOUT_S, *, what: str = "a condition"
+    condition: Callable[[], T | None],
+    timeout: float = CONDITION_TIMEOUT_S,
+    *,
+    what: str = "a condition",
+    server: Server | None = None,
 ) -> T:
     """Polls ``condition`` until it returns something truthy, and returns that. The deadline only
-    bounds the wait: reaching it means the condition never came true, and fails the test saying so."""
+    bounds the wait: reaching it means the condition never came true, and fails the test saying so
+    (with ``server``'s log)."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
-        assert time.monotonic() < deadline, f"gave up after {timeout:.0f} s waiting for {what}"
+        if time.monotonic() >= deadline:
+            logs = f"\n{server.logs()}" if server else ""
+            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}{logs}")
         time.sleep(0.02)
 
 
@@ -158,10 +165,13 @@ def wait_until_serving(server: Server, path: str = "/health", any_status: bool =
     raise RuntimeError(f"server did not start:\n{server.logs()}")
 
 
-def phoenix_env(**extra: str) -> dict[str, str]:
+def phoenix_env(*, suite_defaults: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of a Phoenix process: no ``PHOENIX_*`` variable but ``extra`` and, unless
+    ``suite_defaults`` is false (a test of the kernel's own settings), a drain of 0 ms."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
-    # Tests that exercise draining set their own; the rest should not wait 5 s at every stop.
-    env["PHOENIX_SHUTDOWN_DRAIN_MS"] = "0"
+    if suite_defaults:
+        # Tests that exercise draining set their own; the rest should not wait 5 s at every stop.
+        env["PHOENIX_SHUTDOWN_DRAIN_MS"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
@@ -169,10 +179,13 @@ def phoenix_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Any]:
-    """``serve(*args, env={...})`` starts ``phoenix serve`` and returns a :class:`Server`."""
+    """``serve(*args, env={...})`` starts ``phoenix serve`` and returns a :class:`Server`; with
+    ``suite_defaults=False``, with no setting but ``env`` and ``args`` (see :func:`phoenix_env`)."""
     servers: list[Server] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+    def start(
+        *args: str, env: dict[str, str] | None = None, wait: bool = True, suite_defaults: bool = True
+    ) -> Server:
         port = free_port()
         log_path = tmp_path / f"server-{port}.log"
         runs_path = tmp_path / f"runs-{port}.txt"
@@ -183,7 +196,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
             [*cmd, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=phoenix_env(PHOENIX_TEST_RUNS=str(runs_path), **(env or {})),
+            env=phoenix_env(suite_defaults=suite_defaults, PHOENIX_TEST_RUNS=str(runs_path), **(env or {})),
             cwd=tmp_path,
             start_new_session=True,
         )

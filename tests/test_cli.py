@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +23,7 @@ def phoenix(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=phoenix_env(**env),
+        env={**phoenix_env(), **env},
         timeout=60,
     )
 
@@ -116,36 +112,12 @@ def test_public_details_on_a_non_loopback_host_are_warned_about(caplog: pytest.L
 # --- the settings a served kernel runs with ----------------------------------------------------------
 
 
-def _serve_app(tmp_path: Path, source: str, *args: str, **env: str) -> Server:
+def _serve_app(serve: Any, tmp_path: Path, source: str, *args: str, **env: str) -> Server:
     """``phoenix serve --app app:kernel`` for an app module written to ``tmp_path``, with only the
     ``PHOENIX_*`` variables given here (not even the test suite's drain of 0 ms)."""
     (tmp_path / "app.py").write_text(textwrap.dedent(source))
-    port = free_port()
-    log_path = tmp_path / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "phoenix", "serve", "--app", "app:kernel", "--port", str(port), *args]
-    base = {k: v for k, v in phoenix_env().items() if not k.startswith("PHOENIX_")}
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**base, **env}, cwd=tmp_path, start_new_session=True
-    )
-    server = Server(proc, port, log_path, tmp_path / "runs.txt", tmp_path / "data", log)
-    _started.append(server)
-    wait_until_serving(server)
+    server: Server = serve("--app", "app:kernel", *args, env=env, suite_defaults=False)
     return server
-
-
-_started: list[Server] = []
-
-
-@pytest.fixture(autouse=True)
-def _stop_started_servers() -> Iterator[None]:
-    yield
-    while _started:
-        server = _started.pop()
-        server.stop(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # a worker must never outlive its test
-            os.killpg(server.proc.pid, signal.SIGKILL)
-        server._log.close()
 
 
 DRAIN_800 = """
@@ -157,9 +129,9 @@ DRAIN_800 = """
 
 @pytest.mark.parametrize(("env", "drained_ms"), [({}, 800), ({"PHOENIX_SHUTDOWN_DRAIN_MS": "300"}, 300)])
 def test_the_kernels_own_drain_holds_unless_configured(
-    tmp_path: Path, env: dict[str, str], drained_ms: int
+    serve: Any, tmp_path: Path, env: dict[str, str], drained_ms: int
 ) -> None:
-    server = _serve_app(tmp_path, DRAIN_800, **env)
+    server = _serve_app(serve, tmp_path, DRAIN_800, **env)
 
     assert server.stop(timeout=30) == 0, server.logs()
     assert f"draining for {drained_ms} ms" in server.logs()
@@ -174,9 +146,9 @@ QUIET = """
 
 @pytest.mark.parametrize(("env", "logged"), [({}, False), ({"PHOENIX_REQUEST_LOG": "true"}, True)])
 def test_the_kernels_own_request_log_holds_unless_configured(
-    tmp_path: Path, env: dict[str, str], logged: bool
+    serve: Any, tmp_path: Path, env: dict[str, str], logged: bool
 ) -> None:
-    server = _serve_app(tmp_path, QUIET, **env)
+    server = _serve_app(serve, tmp_path, QUIET, **env)
     assert server.request("/ready").status == 200
 
     assert server.stop(timeout=30) == 0, server.logs()
@@ -220,10 +192,10 @@ READY_DB = """
     ],
 )
 def test_unset_details_are_shown_on_loopback_only(
-    tmp_path: Path, host: str, details: str | None, full: bool, line: str
+    serve: Any, tmp_path: Path, host: str, details: str | None, full: bool, line: str
 ) -> None:
     source = READY_DB if details is None else READY_DB.replace("Kernel()", f"Kernel(details={details!r})")
-    server = _serve_app(tmp_path, source, "--host", host)  # 0.0.0.0 answers on 127.0.0.1 too
+    server = _serve_app(serve, tmp_path, source, "--host", host)  # 0.0.0.0 answers on 127.0.0.1 too
 
     body = server.request("/ready").json()
 
@@ -247,8 +219,8 @@ def test_the_token_stays_out_of_the_servers_environments(serve: Any) -> None:
     assert set(authorised["subsystems"]) == {"plastic_ltm", "triune_conscience", "world_model"}
 
 
-def test_checks_do_not_inherit_the_token(tmp_path: Path) -> None:
-    server = _serve_app(tmp_path, READY_DB, PHOENIX_TOKEN="tok-3f9a")
+def test_checks_do_not_inherit_the_token(serve: Any, tmp_path: Path) -> None:
+    server = _serve_app(serve, tmp_path, READY_DB, PHOENIX_TOKEN="tok-3f9a")
 
     response = server.request("/ready")
 

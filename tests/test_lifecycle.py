@@ -7,27 +7,14 @@ import asyncio
 import os
 import re
 import signal
-import time
 from typing import Any
 
 import pytest
 
-from .conftest import STARTUP_TIMEOUT_S, Response, Server, wait_until_serving
+from .conftest import STARTUP_TIMEOUT_S, Response, Server, wait_until, wait_until_serving
 
 # Bounds a wait on something that must happen; never a claim about how long it takes.
 DEADLINE_S = 60.0
-
-
-def wait_for(condition: Any, what: str, server: Server | None = None) -> Any:
-    """Polls ``condition()`` until it returns something truthy, which it returns."""
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    logs = f"\n{server.logs()}" if server else ""
-    raise AssertionError(f"timed out waiting for {what}{logs}")
 
 
 def ready_or_none(server: Server) -> Response | None:
@@ -48,7 +35,7 @@ def two_workers(server: Server) -> list[int]:
         pids = server.worker_pids()
         return pids if len(pids) == 2 else None
 
-    pids: list[int] = wait_for(both, "two workers", server)
+    pids: list[int] = wait_until(both, DEADLINE_S, what="two workers", server=server)
     return pids
 
 
@@ -78,7 +65,7 @@ def test_sigterm_while_workers_start_exits_0(serve: Any, drain_ms: str) -> None:
         env={"PHOENIX_SHUTDOWN_DRAIN_MS": drain_ms},
         wait=False,
     )
-    wait_for(lambda: len(server.runs()) == 2, "both workers to be starting", server)
+    wait_until(lambda: len(server.runs()) == 2, DEADLINE_S, what="both workers to be starting", server=server)
     server.proc.send_signal(signal.SIGTERM)
     assert_clean_exit(server)
 
@@ -86,7 +73,12 @@ def test_sigterm_while_workers_start_exits_0(serve: Any, drain_ms: str) -> None:
 def test_sigterm_while_the_server_loads_the_app_exits_0(serve: Any) -> None:
     """Before any worker: `phoenix serve` builds the kernel once itself, to refuse a bad --app."""
     server: Server = serve("--app", "tests.apps:slow_to_load", wait=False)
-    wait_for(lambda: server.runs() == ["loading"], "the server to be loading the app", server)
+    wait_until(
+        lambda: server.runs() == ["loading"],
+        DEADLINE_S,
+        what="the server to be loading the app",
+        server=server,
+    )
     server.proc.send_signal(signal.SIGTERM)
     assert_clean_exit(server)
     assert "Traceback" not in server.logs()
@@ -96,7 +88,9 @@ def test_sigterm_while_a_worker_starts_its_event_loop_exits_0(serve: Any) -> Non
     """Granian's handlers are in place but its loop does not run yet: uvloop records the signal and
     would act on it only when woken by another."""
     server: Server = serve("--app", "tests.apps:slow_rsgi_init", wait=False)
-    wait_for(lambda: server.runs() == ["starting"], "the worker to be starting", server)
+    wait_until(
+        lambda: server.runs() == ["starting"], DEADLINE_S, what="the worker to be starting", server=server
+    )
     server.proc.send_signal(signal.SIGTERM)
     assert_clean_exit(server)
 
@@ -111,9 +105,9 @@ def test_a_worker_that_finishes_starting_during_the_drain_drains(serve: Any) -> 
         env={"PHOENIX_SHUTDOWN_DRAIN_MS": "60000"},
         wait=False,
     )
-    wait_for(lambda: len(server.runs()) == 2, "both workers to be starting", server)
+    wait_until(lambda: len(server.runs()) == 2, DEADLINE_S, what="both workers to be starting", server=server)
     server.proc.send_signal(signal.SIGTERM)
-    first = wait_for(lambda: ready_or_none(server), "a worker to answer", server)
+    first = wait_until(lambda: ready_or_none(server), DEADLINE_S, what="a worker to answer", server=server)
     assert (first.status, first.json()) == (503, {"status": "draining"})
     for _ in range(20):  # both workers, whichever the kernel hands each connection to
         answer = server.request("/ready")
@@ -125,7 +119,12 @@ def test_a_worker_that_finishes_starting_during_the_drain_drains(serve: Any) -> 
 def test_second_sigterm_skips_the_rest_of_the_drain(serve: Any) -> None:
     server: Server = serve("--app", "tests.apps:empty", env={"PHOENIX_SHUTDOWN_DRAIN_MS": "60000"})
     server.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: server.request("/ready").status == 503, "/ready to say draining", server)
+    wait_until(
+        lambda: server.request("/ready").status == 503,
+        DEADLINE_S,
+        what="/ready to say draining",
+        server=server,
+    )
     assert server.proc.poll() is None, "still serving during the drain"
     server.proc.send_signal(signal.SIGTERM)
     # Bounded well inside the 60 s drain: the wait ends when the server exits.
@@ -138,12 +137,19 @@ def test_second_sigterm_skips_the_rest_of_the_drain(serve: Any) -> None:
 def test_a_killed_worker_is_respawned_while_the_other_keeps_serving(serve: Any) -> None:
     server: Server = serve("--app", "tests.apps:worker_pid", "--workers", "2")
     victim, survivor = two_workers(server)
-    wait_for(lambda: answering_pid(server.request("/ready")) == victim, "the victim to serve", server)
+    wait_until(
+        lambda: answering_pid(server.request("/ready")) == victim,
+        DEADLINE_S,
+        what="the victim to serve",
+        server=server,
+    )
 
     os.kill(victim, signal.SIGKILL)
     # Once reaped, all its threads are gone, and with them its listening socket: from then on no
     # connection can be handed to it. (Those handed to it before, as it died, are reset.)
-    wait_for(lambda: victim not in server.worker_pids(), "the worker to be reaped", server)
+    wait_until(
+        lambda: victim not in server.worker_pids(), DEADLINE_S, what="the worker to be reaped", server=server
+    )
     answers: list[int] = []
 
     def replacement_serves() -> bool:
@@ -153,7 +159,7 @@ def test_a_killed_worker_is_respawned_while_the_other_keeps_serving(serve: Any) 
         answers.append(answering_pid(response))
         return answers[-1] not in (victim, survivor)
 
-    wait_for(replacement_serves, "the replacement worker to serve", server)
+    wait_until(replacement_serves, DEADLINE_S, what="the replacement worker to serve", server=server)
     assert victim not in answers
     (replacement,) = set(server.worker_pids()) - {survivor}
     assert replacement == answers[-1]
@@ -167,7 +173,9 @@ def test_the_default_kernels_worker_is_respawned_on_the_same_store(serve: Any) -
     wait_until_serving(server, "/ready")
     (victim,) = server.worker_pids()
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: server.worker_pids() not in ([], [victim]), "a new worker", server)
+    wait_until(
+        lambda: server.worker_pids() not in ([], [victim]), DEADLINE_S, what="a new worker", server=server
+    )
     # The dead process's lock on the store went with it: the new worker opens it and becomes ready.
     wait_until_serving(server, "/ready")
     assert server.request("/health").status == 200
@@ -183,9 +191,16 @@ def test_a_worker_respawned_during_the_drain_drains(serve: Any) -> None:
     )
     victim, _ = two_workers(server)
     server.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: server.request("/ready").status == 503, "/ready to say draining", server)
+    wait_until(
+        lambda: server.request("/ready").status == 503,
+        DEADLINE_S,
+        what="/ready to say draining",
+        server=server,
+    )
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: workers_serving(server) == 3, "the replacement to serve", server)
+    wait_until(
+        lambda: workers_serving(server) == 3, DEADLINE_S, what="the replacement to serve", server=server
+    )
     # The kernel hands each connection to either worker: 40 answers from both, every one draining.
     for _ in range(40):
         answer = server.request("/ready")
