@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwapOption;
 use futures::future::{join_all, BoxFuture, FutureExt, Shared};
 use tokio::runtime::Handle;
+use tokio::task::JoinError;
 
 /// A metric in [0, 1] (by convention), or a short human-readable reason why there is none.
 pub type CheckResult = Result<f64, String>;
@@ -154,8 +155,8 @@ impl Subsystem {
         let mut work = match catch_unwind(AssertUnwindSafe(|| self.probe.start())) {
             Ok(work) => work,
             Err(panic) => {
-                let message = panic_message(&*panic);
-                async move { Err(format!("panicked: {message}")) }.boxed()
+                let why = panicked(&*panic);
+                async move { Err(why) }.boxed()
             }
         };
         // A probe that can answer at once (most native checks) answers here, on the calling thread:
@@ -166,7 +167,7 @@ impl Subsystem {
         let answered = match at_once {
             Ok(Poll::Ready(result)) => Some(result),
             Ok(Poll::Pending) => None,
-            Err(panic) => Some(Err(format!("panicked: {}", panic_message(&*panic)))),
+            Err(panic) => Some(Err(panicked(&*panic))),
         };
         if let Some(result) = answered {
             finished.store(true, Ordering::Release);
@@ -179,15 +180,7 @@ impl Subsystem {
             let _flag = flag;
             work.await
         });
-        let result = async move {
-            match task.await {
-                Ok(result) => result,
-                Err(err) if err.is_panic() => Err(format!("panicked: {}", panic_message(&*err.into_panic()))),
-                Err(_) => Err("cancelled".to_owned()),
-            }
-        }
-        .boxed()
-        .shared();
+        let result = async move { task_result(task.await) }.boxed().shared();
         let run = Run { result, finished };
         *current = Some(run.clone());
         (run, false)
@@ -327,13 +320,22 @@ impl Subsystem {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
+/// A panic as a check's error text: `panicked: <its message>`.
+fn panicked(panic: &(dyn Any + Send)) -> String {
+    let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s,
+        (_, Some(s)) => s.as_str(),
+        _ => "unknown panic",
+    };
+    format!("panicked: {message}")
+}
+
+/// The result of a check's task: its own, or why it has none.
+fn task_result(joined: Result<CheckResult, JoinError>) -> CheckResult {
+    match joined {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => Err(panicked(&*err.into_panic())),
+        Err(_) => Err("cancelled".to_owned()),
     }
 }
 
@@ -443,14 +445,7 @@ where
 {
     fn start(&self) -> CheckFuture {
         let measure = Arc::clone(&self.0);
-        async move {
-            match tokio::task::spawn_blocking(move || measure()).await {
-                Ok(result) => result,
-                Err(err) if err.is_panic() => Err(format!("panicked: {}", panic_message(&*err.into_panic()))),
-                Err(_) => Err("cancelled".to_owned()),
-            }
-        }
-        .boxed()
+        async move { task_result(tokio::task::spawn_blocking(move || measure()).await) }.boxed()
     }
 }
 
