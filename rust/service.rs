@@ -469,11 +469,8 @@ impl Service {
     pub fn ready(self: &Arc<Self>, readiness: Readiness<'_>, parts: Parts<'_>) -> Answer {
         let request = match self.ready_request(readiness, parts) {
             Ok(request) => request,
-            Err(bad) => return Answer::Reply(bad),
+            Err(answered) => return Answer::Reply(answered),
         };
-        if let Some(draining) = self.draining_reply(&request) {
-            return Answer::Reply(draining);
-        }
         if let Some(hit) = self.ready.read_fresh(|entry| self.ready_reply(entry, &request)) {
             return Answer::Reply(hit);
         }
@@ -495,11 +492,8 @@ impl Service {
     pub fn ready_latest(&self, readiness: Readiness<'_>, parts: Parts<'_>) -> Reply {
         let request = match self.ready_request(readiness, parts) {
             Ok(request) => request,
-            Err(bad) => return bad,
+            Err(answered) => return answered,
         };
-        if let Some(draining) = self.draining_reply(&request) {
-            return draining;
-        }
         match self.ready.newest() {
             Some(entry) => self.ready_reply(&entry.value, &request),
             // Only if a round was abandoned before it ever produced a result.
@@ -540,6 +534,8 @@ impl Service {
         }
     }
 
+    /// What a readiness request asks for, or its answer when that needs no round: a 400 for a bad
+    /// query, and while draining a 503, whatever the checks say.
     fn ready_request<'a>(
         &self,
         readiness: Readiness<'a>,
@@ -550,14 +546,11 @@ impl Service {
             return Err(self.error(400));
         }
         let format = query.format(parts.accept);
+        if self.draining() {
+            return Err(Reply { response: Response::new(render::draining(format)), head: readiness.head });
+        }
         let details = self.details.shown_to(parts.authorization);
         Ok(ReadyRequest { one: readiness.one, head: readiness.head, query, format, details })
-    }
-
-    /// While draining, readiness answers 503 whatever the checks say.
-    fn draining_reply(&self, request: &ReadyRequest<'_>) -> Option<Reply> {
-        self.draining()
-            .then(|| Reply { response: Response::new(render::draining(request.format)), head: request.head })
     }
 
     fn ready_reply(&self, entry: &ReadyEntry, request: &ReadyRequest<'_>) -> Reply {
