@@ -44,6 +44,17 @@ def workers_serving(server: Server) -> int:
     return len(re.findall(r"^\[INFO\] Started worker-\d+$", server.logs(), re.MULTILINE))
 
 
+def start_draining(server: Server) -> None:
+    """SIGTERM, as an orchestrator stops a pod, then waits for `/ready` to say so."""
+    server.proc.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: server.request("/ready").status == 503,
+        DEADLINE_S,
+        what="/ready to say draining",
+        server=server,
+    )
+
+
 def assert_clean_exit(server: Server) -> None:
     assert server.proc.wait(DEADLINE_S) == 0, server.logs()
     assert "Unexpected exit" not in server.logs()
@@ -118,13 +129,7 @@ def test_a_worker_that_finishes_starting_during_the_drain_drains(serve: Any) -> 
 
 def test_second_sigterm_skips_the_rest_of_the_drain(serve: Any) -> None:
     server: Server = serve("--app", "tests.apps:empty", env={"PHOENIX_SHUTDOWN_DRAIN_MS": "60000"})
-    server.proc.send_signal(signal.SIGTERM)
-    wait_until(
-        lambda: server.request("/ready").status == 503,
-        DEADLINE_S,
-        what="/ready to say draining",
-        server=server,
-    )
+    start_draining(server)
     assert server.proc.poll() is None, "still serving during the drain"
     server.proc.send_signal(signal.SIGTERM)
     # Bounded well inside the 60 s drain: the wait ends when the server exits.
@@ -190,13 +195,7 @@ def test_a_worker_respawned_during_the_drain_drains(serve: Any) -> None:
         "--app", "tests.apps:worker_pid", "--workers", "2", env={"PHOENIX_SHUTDOWN_DRAIN_MS": "60000"}
     )
     victim, _ = two_workers(server)
-    server.proc.send_signal(signal.SIGTERM)
-    wait_until(
-        lambda: server.request("/ready").status == 503,
-        DEADLINE_S,
-        what="/ready to say draining",
-        server=server,
-    )
+    start_draining(server)
     os.kill(victim, signal.SIGKILL)
     wait_until(
         lambda: workers_serving(server) == 3, DEADLINE_S, what="the replacement to serve", server=server
