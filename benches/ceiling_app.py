@@ -1,7 +1,7 @@
 """The ceiling for benches/http_harness.py: a bare Granian RSGI app answering every request with static
 bytes, served with exactly the Granian settings ``phoenix serve`` uses (see ``phoenix.cli._serve``).
 
-Run: ``python benches/ceiling_app.py --port 8001 [--host 127.0.0.1] [--log-level info]``.
+Run: ``python benches/ceiling_app.py --port 8001 [--host 127.0.0.1] [--log-level info] [--http 1|2]``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--http", choices=["1", "2"], default="1", help="as phoenix serve --http")
     args = parser.parse_args()
-    # Mirrors phoenix.cli._serve option for option (workers = 1, uvloop, HTTP/1, no websockets), so the
+    # Mirrors phoenix.cli._serve option for option (workers = 1, uvloop, --http, no websockets), so the
     # only difference from Phoenix is the application. Keep the two in step.
     Granian(
         "ceiling_app:app",
@@ -39,7 +40,7 @@ def main() -> None:
         interface=Interfaces.RSGI,
         workers=1,
         loop=Loops.uvloop,
-        http=HTTPModes.http1,
+        http=HTTPModes(args.http),
         websockets=False,
         log_level=LogLevels(args.log_level),
         log_dictconfig=dictconfig(args.log_level, base=LOGGING_CONFIG),

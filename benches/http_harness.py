@@ -1,17 +1,31 @@
-"""HTTP benchmark: Phoenix /health and /ready against a bare Granian ceiling and FastAPI + uvicorn.
+"""HTTP benchmark: Phoenix's /health and /ready against a Granian ceiling, FastAPI + uvicorn and nginx.
+
+Phoenix on its main port and its probe listener, over HTTP/1.1 and HTTP/2. Run:
 
     python benches/http_harness.py [--duration 5] [--rounds 3] [--connections 1,50,500] \
-        [--h2h-rounds 5] [--out benches/results]
+        [--h2h-rounds 5] [--only main,probe,h2] [--quiet-wait 60] [--out benches/results]
 
-All servers run pinned to core 0 and wrk to core 1 (``taskset``), with the same settings for each: per
-connection count a 2 s warm-up per target, then ``--rounds`` runs of ``--duration`` seconds of
-``wrk -t1 -cC --latency``, taken in turns across the targets; the median round is reported. Each server's
-RSS is read before and after every load. Then ``--h2h-rounds`` head-to-head rounds: each challenger (a
-second ceiling, Phoenix, FastAPI) loaded at the same time as the ceiling, the two servers sharing core 0,
-so that the shared machine's drift, larger than the differences judged, slows both alike (see
-``head_to_head``). The markdown report (with the machine description and the issue's targets evaluated), a
-PNG chart of req/s and p99 (matplotlib) and the raw JSON go to ``--out``. Compare ratios within one run,
-not numbers across runs.
+Groups of rows (``--only``; all by default):
+- ``main``: the main port over HTTP/1.1: the ceiling, its twin, Phoenix (request log on and off),
+  FastAPI + uvicorn.
+- ``probe``: Phoenix's probe listener (``phoenix serve --probe-port``, request log on) against nginx
+  (Debian's ``nginx-light``, ``return 200`` with the same body, one worker, no access log; see
+  ``nginx_reference.conf``) and nginx's twin; and Phoenix's main port with the listener on.
+- ``h2``: HTTP/2 cleartext (prior knowledge) loaded by ``h2load``: Phoenix ``--http 2`` against the
+  ceiling ``--http 2``, the probe port against nginx, and nginx's twin.
+
+All servers run pinned to core 0 and the load generators (``wrk -t1`` for HTTP/1.1, ``h2load -t1 -m1``
+for HTTP/2: one request in flight per connection either way) to core 1 (``taskset``), with the same
+settings for each: per connection count a 2 s warm-up per target, then ``--rounds`` runs of
+``--duration`` seconds, taken in turns across the targets; the median round is reported. Each server's
+RSS is read before and after every load. Then ``--h2h-rounds`` head-to-head rounds: each challenger
+loaded at the same time as its reference (the ceiling, nginx, or their HTTP/2 forms), the two servers
+sharing core 0, so that the shared machine's drift, larger than the differences judged, slows both alike
+(see ``head_to_head``). The markdown report (with the machine description and the issue's targets
+evaluated), a PNG chart of the HTTP/1.1 req/s and p99 (matplotlib) and the raw JSON go to ``--out``.
+Compare ratios within one run, not numbers across runs. nginx and h2load are installed with apt-get
+when missing (as root); on a machine with an init system Debian's nginx package also starts its default
+site, which the harness leaves alone.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import http.client
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import re
 import resource
@@ -34,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,14 +58,16 @@ from typing import Any
 BENCHES = Path(__file__).resolve().parent
 REPO = BENCHES.parent
 LUA = BENCHES / "wrk_report.lua"
+NGINX_CONF = BENCHES / "nginx_reference.conf"
 HOST = "127.0.0.1"
 SERVER_CPU = "0"
-WRK_CPU = "1"
+WRK_CPU = "1"  # every load generator's core: wrk's and h2load's
 WARMUP_S = 2
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 QUIET_PCT = 15.0  # the machine counts as quiet below this much busy CPU, in % of one core
 QUIET_TIMEOUT_S = 60.0
+# Row labels. Each names one listener (a port, and the protocol it is loaded with) of one server process.
 CEILING = "ceiling (granian rsgi)"
 # A second, identical ceiling: head to head against the first it shows the method's own error.
 CEILING_TWIN = "ceiling, second instance"
@@ -58,6 +75,17 @@ PHOENIX_ON = "phoenix (request log on)"
 PHOENIX_OFF = "phoenix (request log off)"
 FASTAPI_ON = "fastapi+uvicorn (access log on)"
 FASTAPI_OFF = "fastapi+uvicorn (access log off)"
+NGINX = "nginx (return 200, one worker)"
+NGINX_TWIN = "nginx, second instance"
+# One process: Phoenix serving its main port and, with --probe-port, its probe listener (HTTP/1.1 and h2c).
+PHOENIX_LISTENER = "phoenix, probe listener on: main port"
+PROBE = "phoenix probe port"
+# HTTP/2 cleartext with prior knowledge, loaded by h2load.
+CEILING_H2 = "ceiling --http 2 (h2c)"
+PHOENIX_H2 = "phoenix --http 2 (h2c)"
+NGINX_H2 = "nginx (h2c)"
+NGINX_H2_TWIN = "nginx, second instance (h2c)"
+PROBE_H2 = "phoenix probe port (h2c)"
 FASTAPI_PACKAGES = ["fastapi", "uvicorn", "httptools"]
 CHART_PACKAGES = ["matplotlib"]
 # Open files wanted for the harness and the servers and wrk it starts (they inherit the limit): at
@@ -70,6 +98,13 @@ TARGET_P99_CONNECTIONS = 50
 TARGET_P99_RATIO = 1.1
 TARGET_READY_RATIO = 0.9
 TARGET_SOAK_GROWTH_MB = 2.0
+# Issue 9, section "Speed": the probe port's /health against nginx, its /ready against its /health.
+TARGET_NGINX_RATIO = 0.95
+TARGET_PROBE_READY_RATIO = 0.9
+# "Enabling the listener must not lower the main port's ratios": the main port's ratio to the ceiling
+# with the listener over the same without it. A ratio of two head-to-head ratios, each within about 1 %
+# of the truth (as the twins show), so "no lower" is judged to within 2 %.
+TARGET_LISTENER_RATIO = 0.98
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -89,18 +124,26 @@ def run_text(argv: list[str], timeout: float = 30.0) -> str:
 # --- tools -----------------------------------------------------------------------------------------
 
 
-def ensure_apt(command: str, package: str) -> None:
-    """``command`` on PATH, installing Debian's ``package`` for it if missing."""
-    if shutil.which(command):
-        return
+def which(command: str) -> str | None:
+    """``command``'s path, looking in the sbin directories too (nginx is in /usr/sbin, off a user's PATH)."""
+    return shutil.which(command, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+def ensure_apt(command: str, package: str) -> str:
+    """The path of ``command``, installing Debian's ``package`` for it if missing."""
+    found = which(command)
+    if found:
+        return found
     if os.geteuid() != 0:
         sys.exit(f"{command} is missing; install it (apt-get install -y {package}) or run as root")
     log(f"{command} is missing: apt-get install -y {package}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", package]):
         subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=600, check=True)
-    if not shutil.which(command):
+    found = which(command)
+    if not found:
         sys.exit(f"apt-get install {package} did not provide {command}")
+    return found
 
 
 def ensure_packages(packages: list[str], purpose: str) -> bool:
@@ -177,6 +220,8 @@ def machine() -> dict[str, str]:
         "fastapi": version("fastapi"),
         "uvicorn": version("uvicorn"),
         "wrk": run_text(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else "-",
+        "nginx": run_text([nginx, "-v"]) if (nginx := which("nginx")) else "-",
+        "h2load": run_text(["h2load", "--version"]) if shutil.which("h2load") else "-",
         "commit": commit,
         "loadavg_before": Path("/proc/loadavg").read_text().strip(),
     }
@@ -214,11 +259,15 @@ def save_report(stem: Path, markdown: str, raw: dict[str, Any]) -> None:
 # --- processes -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind((HOST, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def child_pids(pid: int) -> list[int]:
@@ -256,17 +305,17 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def wait_quiet() -> float:
-    """Waits, at most QUIET_TIMEOUT_S, until the shared machine is idle between rounds (our servers are idle
+def wait_quiet(timeout_s: float = QUIET_TIMEOUT_S) -> float:
+    """Waits, at most ``timeout_s``, until the shared machine is idle between rounds (our servers are idle
     then, so any load is someone else's). Returns the busy % of the last 0.5 s sample."""
-    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while True:
         busy, started = machine_busy_seconds(), time.monotonic()
         time.sleep(0.5)
         busy_pct = 100 * (machine_busy_seconds() - busy) / (time.monotonic() - started)
         if busy_pct < QUIET_PCT or time.monotonic() > deadline:
             if busy_pct >= QUIET_PCT:
-                log(f"machine still busy ({busy_pct:.0f}% of a core) after {QUIET_TIMEOUT_S:.0f} s; going on")
+                log(f"machine still busy ({busy_pct:.0f}% of a core) after {timeout_s:.0f} s; going on")
             return busy_pct
 
 
@@ -277,12 +326,53 @@ def children_cpu_seconds() -> float:
 
 
 @dataclass
+class ListenerSpec:
+    """One port of a server process, and how it is loaded."""
+
+    name: str  # the label of its rows
+    endpoints: list[str]
+    group: str  # the --only group its rows belong to
+    port_key: str = "port"  # the placeholder in the argv and files ("{port}", "{probe_port}", ...)
+    http2: bool = False  # HTTP/2 cleartext with prior knowledge (h2load), else HTTP/1.1 (wrk)
+
+
+@dataclass
 class ServerSpec:
+    """One server process. ``name``, ``endpoints``, ``group`` and ``http2`` describe its main listener
+    (on "{port}"); ``more_listeners`` its other ports."""
+
     name: str
-    argv: list[str]  # "{port}" is replaced by the port the server is given
+    argv: list[str]  # "{port}" (and any other "{..._port}") is replaced by the port the server is given
     endpoints: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    group: str = "main"
+    http2: bool = False
+    more_listeners: list[ListenerSpec] = field(default_factory=list)
+    files: dict[Path, str] = field(default_factory=dict)  # written before it starts, placeholders replaced
+
+    @property
+    def listeners(self) -> list[ListenerSpec]:
+        main = ListenerSpec(self.name, self.endpoints, self.group, http2=self.http2)
+        return [main, *self.more_listeners]
+
+
+@dataclass
+class Listener:
+    """A started server's port, as its rows name it."""
+
+    name: str
+    server: Server
+    port: int
+    endpoints: list[str]
+    http2: bool
+
+    @property
+    def protocol(self) -> str:
+        return "h2c" if self.http2 else "http/1.1"
+
+    def url(self, endpoint: str) -> str:
+        return f"http://{HOST}:{self.port}{endpoint}"
 
 
 class Server:
@@ -290,8 +380,23 @@ class Server:
 
     def __init__(self, spec: ServerSpec, workdir: Path) -> None:
         self.spec = spec
-        self.port = free_port()
-        self.argv = [arg.replace("{port}", str(self.port)) for arg in spec.argv]
+        keys = sorted({listener.port_key for listener in spec.listeners})
+        self.ports = dict(zip(keys, free_ports(len(keys)), strict=True))
+        self.port = self.ports["port"]
+
+        def fill(text: str) -> str:
+            for key, port in self.ports.items():
+                text = text.replace("{" + key + "}", str(port))
+            return text
+
+        self.argv = [fill(arg) for arg in spec.argv]
+        for path, text in spec.files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fill(text))
+        self.listeners = [
+            Listener(ls.name, self, self.ports[ls.port_key], ls.endpoints, ls.http2) for ls in spec.listeners
+        ]
+        self.body_bytes: dict[str, dict[str, int]] = {}  # per listener, per endpoint: see wait_ready
         self.log_path = workdir / (re.sub(r"[^a-z0-9]+", "-", spec.name).strip("-") + ".log")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
         env.update(spec.env)
@@ -307,7 +412,7 @@ class Server:
             )
 
     def url(self, endpoint: str) -> str:
-        return f"http://{HOST}:{self.port}{endpoint}"
+        return self.listeners[0].url(endpoint)
 
     def workers(self) -> list[int]:
         """Granian's worker processes (children of the main process); uvicorn's single process."""
@@ -328,30 +433,37 @@ class Server:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.spec.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
 
-    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, int]:
-        """Polls the port, then each endpoint until it answers 200; returns each endpoint's body size."""
+    def wait_ready(
+        self, timeout_s: float = START_TIMEOUT_S, listeners: list[Listener] | None = None
+    ) -> dict[str, int]:
+        """Polls the ports of ``listeners`` (default: all), then each of their endpoints until it answers
+        200. Records each endpoint's body size in ``body_bytes``; returns the main listener's."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            self.check_alive()
-            try:
-                socket.create_connection((HOST, self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.spec.name}: port {self.port} not open") from None
-                time.sleep(0.05)
-        sizes = {}
-        for endpoint in self.spec.endpoints:
+        listeners = self.listeners if listeners is None else listeners
+        for port in sorted({listener.port for listener in listeners}):
             while True:
                 self.check_alive()
-                status, body = http_get(self.port, endpoint)
-                if status == 200:
-                    sizes[endpoint] = len(body)
+                try:
+                    socket.create_connection((HOST, port), timeout=0.5).close()
                     break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.spec.name}: {endpoint} answered {status}, not 200")
-                time.sleep(0.05)
-        return sizes
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{self.spec.name}: port {port} not open") from None
+                    time.sleep(0.05)
+        for listener in listeners:
+            sizes = self.body_bytes.setdefault(listener.name, {})
+            get = h2_get if listener.http2 else http_get
+            for endpoint in listener.endpoints:
+                while True:
+                    self.check_alive()
+                    status, size = get(listener.port, endpoint)
+                    if status == 200:
+                        sizes[endpoint] = size
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{listener.name}: {endpoint} answered {status}, not 200")
+                    time.sleep(0.05)
+        return self.body_bytes.get(self.spec.name, {})
 
     def stop(self) -> None:
         """SIGTERM to the process group, then SIGKILL if it has not gone within STOP_TIMEOUT_S."""
@@ -377,44 +489,138 @@ def running(spec: ServerSpec, workdir: Path) -> Iterator[Server]:
         server.stop()
 
 
-def http_get(port: int, endpoint: str) -> tuple[int, bytes]:
+def http_get(port: int, endpoint: str) -> tuple[int, int]:
+    """One HTTP/1.1 GET: the status (0 if none came) and the body's size."""
     conn = http.client.HTTPConnection(HOST, port, timeout=2)
     try:
         conn.request("GET", endpoint)
         response = conn.getresponse()
-        return response.status, response.read()
+        return response.status, len(response.read())
     except OSError:
-        return 0, b""
+        return 0, 0
     finally:
         conn.close()
+
+
+def h2_get(port: int, endpoint: str) -> tuple[int, int]:
+    """One h2c GET (prior knowledge) by h2load: 200 for any 2xx (h2load counts status classes only), else
+    0; and the body's size."""
+    argv = ["h2load", "-n1", "-c1", "-m1", f"http://{HOST}:{port}{endpoint}"]
+    text = run_text(argv, timeout=10)
+    status = H2LOAD_STATUS.search(text)
+    traffic = H2LOAD_TRAFFIC.search(text)
+    if status is None or traffic is None or int(status["ok"]) != 1:
+        return 0, 0
+    return 200, int(traffic["data"])
 
 
 # --- wrk -------------------------------------------------------------------------------------------
 
 
-def wrk(url: str, connections: int, seconds: int, server: Server) -> dict[str, Any]:
-    """One wrk run; wrk_report.lua's summary plus req/s and the CPU used by the server and by wrk."""
-    argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    argv += ["-s", str(LUA), url]
+def measured(
+    argv: list[str], seconds: int, server: Server, parse: Callable[[str], dict[str, Any]]
+) -> dict[str, Any]:
+    """Runs one load generator (``argv``, pinned to WRK_CPU) against ``server``; ``parse`` reads its
+    stdout into a summary (requests, duration_us, bytes, errors, latency_us), completed here with req/s,
+    the server's RSS and the CPU used by the server, by the load generator and by everything else."""
     pids = server.all_pids()
     rss_before = server.rss_kb()
-    server_cpu, wrk_cpu, busy = cpu_seconds(pids), children_cpu_seconds(), machine_busy_seconds()
+    server_cpu, client_cpu, busy = cpu_seconds(pids), children_cpu_seconds(), machine_busy_seconds()
     started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    done = subprocess.run(
+        ["taskset", "-c", WRK_CPU, *argv], capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
     wall = time.monotonic() - started
-    server_cpu, wrk_cpu = cpu_seconds(pids) - server_cpu, children_cpu_seconds() - wrk_cpu
+    server_cpu, client_cpu = cpu_seconds(pids) - server_cpu, children_cpu_seconds() - client_cpu
     busy = machine_busy_seconds() - busy
-    lines = [line for line in done.stdout.splitlines() if line.startswith("WRK_JSON ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
-    report: dict[str, Any] = json.loads(lines[-1].removeprefix("WRK_JSON "))
+    try:
+        if done.returncode != 0:
+            raise ValueError(f"exit status {done.returncode}")
+        report = parse(done.stdout)
+    except (ValueError, KeyError) as exc:
+        raise RuntimeError(f"{argv[0]} failed ({exc}): {done.stdout}\n{done.stderr}") from None
     report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
     report["rss_kb_before"], report["rss_kb_after"] = rss_before, server.rss_kb()
     report["server_cpu_pct"] = 100 * server_cpu / wall
-    report["wrk_cpu_pct"] = 100 * wrk_cpu / wall
+    report["wrk_cpu_pct"] = 100 * client_cpu / wall  # the load generator's, wrk or h2load
     # Whatever else ran meanwhile (other processes, kernel work, steal), in % of one core.
-    report["other_cpu_pct"] = max(0.0, 100 * (busy - server_cpu - wrk_cpu) / wall)
+    report["other_cpu_pct"] = max(0.0, 100 * (busy - server_cpu - client_cpu) / wall)
     return report
+
+
+def wrk(url: str, connections: int, seconds: int, server: Server) -> dict[str, Any]:
+    """One ``wrk -t1`` run (HTTP/1.1); wrk_report.lua's summary plus req/s and the CPU used."""
+
+    def parse(stdout: str) -> dict[str, Any]:
+        lines = [line for line in stdout.splitlines() if line.startswith("WRK_JSON ")]
+        if not lines:
+            raise ValueError("no WRK_JSON line")
+        report: dict[str, Any] = json.loads(lines[-1].removeprefix("WRK_JSON "))
+        return report
+
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA), url]
+    return measured(argv, seconds, server, parse)
+
+
+H2LOAD_FINISHED = re.compile(r"^finished in (?P<time>[\d.]+)(?P<unit>s|ms|us),", re.MULTILINE)
+H2LOAD_REQUESTS = re.compile(
+    r"^requests: \d+ total, \d+ started, (?P<done>\d+) done, \d+ succeeded, (?P<failed>\d+) failed,",
+    re.MULTILINE,
+)
+H2LOAD_STATUS = re.compile(
+    r"^status codes: (?P<ok>\d+) 2xx, \d+ 3xx, (?P<client>\d+) 4xx, (?P<server>\d+) 5xx", re.MULTILINE
+)
+H2LOAD_TRAFFIC = re.compile(r"^traffic: .*?\((?P<total>\d+)\) total, .*\((?P<data>\d+)\) data", re.MULTILINE)
+H2LOAD_UNIT_US = {"s": 1e6, "ms": 1e3, "us": 1.0}
+
+
+def percentile(ordered: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def h2load(url: str, connections: int, seconds: int, server: Server) -> dict[str, Any]:
+    """One ``h2load -t1 -m1 -D`` run (h2c with prior knowledge), summarized as ``wrk`` does. Latency
+    percentiles come from its per-request log (its text output has only min, mean, max and sd)."""
+    with tempfile.TemporaryDirectory(prefix="phoenix-h2load-") as tmp:
+        log_file = Path(tmp) / "requests.tsv"
+
+        def parse(stdout: str) -> dict[str, Any]:
+            finished = H2LOAD_FINISHED.search(stdout)
+            requests = H2LOAD_REQUESTS.search(stdout)
+            status = H2LOAD_STATUS.search(stdout)
+            traffic = H2LOAD_TRAFFIC.search(stdout)
+            if not (finished and requests and status and traffic):
+                raise ValueError("unexpected output")
+            # Per request: start time (us since the epoch), status, time to the end of the response (us).
+            latencies = sorted(
+                float(line.split("\t")[2]) for line in log_file.read_text().splitlines() if line
+            )
+            if not latencies:
+                raise ValueError("no request completed")
+            bad_status = int(status["client"]) + int(status["server"])
+            return {
+                "requests": int(requests["done"]),
+                "duration_us": float(finished["time"]) * H2LOAD_UNIT_US[finished["unit"]],
+                "bytes": int(traffic["total"]),
+                # h2load's "failed" counts bad statuses and the rest ("errored": resets, timeouts, ...).
+                "errors": {"status": bad_status, "errored": int(requests["failed"]) - bad_status},
+                "latency_us": {
+                    "min": latencies[0],
+                    "mean": statistics.fmean(latencies),
+                    "max": latencies[-1],
+                    **{f"p{str(p).replace('.', '')}": percentile(latencies, p) for p in (50, 90, 99, 99.9)},
+                },
+            }
+
+        argv = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds}", f"--log-file={log_file}", url]
+        return measured(argv, seconds, server, parse)
+
+
+def load(listener: Listener, endpoint: str, connections: int, seconds: int) -> dict[str, Any]:
+    """One run of the load generator that speaks ``listener``'s protocol."""
+    client = h2load if listener.http2 else wrk
+    return client(listener.url(endpoint), connections, seconds, listener.server)
 
 
 @dataclass
@@ -422,32 +628,38 @@ class Result:
     server: str
     endpoint: str
     connections: int
+    protocol: str  # "http/1.1" (loaded by wrk) or "h2c" (by h2load)
     rps: float
     p50_ms: float
     p99_ms: float
     server_cpu_pct: float
     wrk_cpu_pct: float
     other_cpu_pct: float
+    bytes_per_response: float  # headers and body as received (for h2c, with HTTP/2 framing)
     errors: int
-    error_kinds: dict[str, int]  # connect, read, write, status (non-2xx/3xx), timeout: summed over rounds
+    # Summed over rounds. wrk: connect, read, write, status (non-2xx/3xx), timeout; h2load: status, errored.
+    error_kinds: dict[str, int]
     rss_kb_max: int  # the largest server RSS read around this point's runs
     rounds: list[dict[str, Any]]
 
 
-def summarize(server: str, endpoint: str, connections: int, rounds: list[dict[str, Any]]) -> Result:
+def summarize(listener: Listener, endpoint: str, connections: int, rounds: list[dict[str, Any]]) -> Result:
     def median(key: str) -> float:
         return float(statistics.median(r[key] for r in rounds))
 
+    server = listener.name
     result = Result(
         server=server,
         endpoint=endpoint,
         connections=connections,
+        protocol=listener.protocol,
         rps=median("rps"),
         p50_ms=statistics.median(r["latency_us"]["p50"] for r in rounds) / 1000,
         p99_ms=statistics.median(r["latency_us"]["p99"] for r in rounds) / 1000,
         server_cpu_pct=median("server_cpu_pct"),
         wrk_cpu_pct=median("wrk_cpu_pct"),
         other_cpu_pct=median("other_cpu_pct"),
+        bytes_per_response=statistics.median(r["bytes"] / r["requests"] for r in rounds if r["requests"]),
         errors=sum(sum(r["errors"].values()) for r in rounds),
         error_kinds={kind: sum(r["errors"][kind] for r in rounds) for kind in rounds[0]["errors"]},
         rss_kb_max=max(max(r["rss_kb_before"], r["rss_kb_after"]) for r in rounds),
@@ -468,24 +680,28 @@ def requests_per_cpu_second(run: dict[str, Any]) -> float:
 
 @dataclass
 class HeadToHead:
-    """Rounds in which ``server`` (at ``endpoint``) and the ceiling (at /health) were loaded at once,
-    sharing the server core: each round holds both wrk runs, ``challenger`` and ``ceiling``."""
+    """Rounds in which ``server`` (at ``endpoint``) and its reference (``reference`` at
+    ``reference_endpoint``: the ceiling, nginx, or their h2c forms) were loaded at once, sharing the server
+    core: each round holds both runs, ``challenger`` and ``reference``."""
 
     server: str
     endpoint: str
     connections: int
+    reference: str
+    reference_endpoint: str
+    protocol: str
     rounds: list[dict[str, Any]]
 
     @property
     def ratios(self) -> list[float]:
-        """Per round, the challenger's req/s over the ceiling's."""
-        return [r["challenger"]["rps"] / r["ceiling"]["rps"] for r in self.rounds]
+        """Per round, the challenger's req/s over the reference's."""
+        return [r["challenger"]["rps"] / r["reference"]["rps"] for r in self.rounds]
 
     @property
     def cpu_ratios(self) -> list[float]:
         """Per round, the same from requests per CPU-second of each server."""
         return [
-            requests_per_cpu_second(r["challenger"]) / requests_per_cpu_second(r["ceiling"])
+            requests_per_cpu_second(r["challenger"]) / requests_per_cpu_second(r["reference"])
             for r in self.rounds
         ]
 
@@ -497,14 +713,29 @@ class HeadToHead:
     def cpu_ratio(self) -> float:
         return float(statistics.median(self.cpu_ratios))
 
+    @property
+    def servers_cpu_pct(self) -> float:
+        """Both servers' CPU, in % of their one core (median over rounds): near 100 when the servers set
+        the pace; below, the load generators (sharing the other core) do, and the req/s ratio leans
+        towards 1 while the per-CPU-second ratio still compares the servers' costs."""
+        return float(
+            statistics.median(
+                r["challenger"]["server_cpu_pct"] + r["reference"]["server_cpu_pct"] for r in self.rounds
+            )
+        )
 
-def load_together(loads: list[tuple[Server, str]], connections: int, seconds: int) -> list[dict[str, Any]]:
-    """One wrk per (server, endpoint), all started together (every wrk on WRK_CPU, every server on
-    SERVER_CPU). Their wrk and other-CPU columns are shared and mean nothing here."""
+    def median(self, side: str, key: str) -> float:
+        """The median over rounds of ``side``'s ("challenger" or "reference") ``key``: "rps", "p99", ..."""
+        if key == "rps":
+            return float(statistics.median(r[side]["rps"] for r in self.rounds))
+        return float(statistics.median(r[side]["latency_us"][key] for r in self.rounds)) / 1000
+
+
+def load_together(loads: list[tuple[Listener, str]], connections: int, seconds: int) -> list[dict[str, Any]]:
+    """One load generator per (listener, endpoint), all started together (every one on WRK_CPU, every
+    server on SERVER_CPU). Their load-generator and other-CPU columns are shared and mean nothing here."""
     with ThreadPoolExecutor(len(loads)) as pool:
-        runs = [
-            pool.submit(wrk, server.url(endpoint), connections, seconds, server) for server, endpoint in loads
-        ]
+        runs = [pool.submit(load, listener, endpoint, connections, seconds) for listener, endpoint in loads]
         return [run.result() for run in runs]
 
 
@@ -512,71 +743,184 @@ def load_together(loads: list[tuple[Server, str]], connections: int, seconds: in
 
 
 def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
+    """Every server process the harness knows; ``bench`` starts those the selected groups need."""
+    from ceiling_app import BODY  # Phoenix's /health body, in shape and length: nginx answers it too
     from phoenix.config import DEFAULTS  # the log level Phoenix ships with, for the ceiling too
 
     log_level = DEFAULTS.log_level
     python = sys.executable
     phoenix = [str(Path(python).parent / "phoenix"), "serve"]
+    log_on = {"PHOENIX_REQUEST_LOG": "true"}
+    probe_port = ["--probe-port", "{probe_port}"]
+
+    def data_dir(name: str) -> str:
+        return str(workdir / ("data-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")))
+
     ceiling = [python, str(BENCHES / "ceiling_app.py"), "--log-level", log_level, "--port", "{port}"]
     specs = [ServerSpec(name, ceiling, ["/health"], cwd=BENCHES) for name in (CEILING, CEILING_TWIN)]
-    for log_on in (True, False):
+    for name, request_log in ((PHOENIX_ON, "true"), (PHOENIX_OFF, "false")):
         specs.append(
             ServerSpec(
-                f"phoenix (request log {'on' if log_on else 'off'})",
-                [*phoenix, "--data-dir", str(workdir / f"data-{log_on}"), "--port", "{port}"],
+                name,
+                [*phoenix, "--data-dir", data_dir(name), "--port", "{port}"],
                 ["/health", "/ready"],
-                env={"PHOENIX_REQUEST_LOG": "true" if log_on else "false"},
+                env={"PHOENIX_REQUEST_LOG": request_log},
                 cwd=workdir,
             )
         )
     if with_fastapi:
         uvicorn = [python, "-m", "uvicorn", "--app-dir", str(BENCHES), "fastapi_app:app"]
         uvicorn += ["--host", HOST, "--port", "{port}", "--log-level", log_level]
-        specs.append(ServerSpec("fastapi+uvicorn (access log on)", uvicorn, ["/health"]))
-        specs.append(
-            ServerSpec("fastapi+uvicorn (access log off)", [*uvicorn, "--no-access-log"], ["/health"])
+        specs.append(ServerSpec(FASTAPI_ON, uvicorn, ["/health"]))
+        specs.append(ServerSpec(FASTAPI_OFF, [*uvicorn, "--no-access-log"], ["/health"]))
+
+    specs.append(
+        ServerSpec(
+            PHOENIX_LISTENER,
+            [*phoenix, "--data-dir", data_dir(PHOENIX_LISTENER), "--port", "{port}", *probe_port],
+            ["/health"],
+            env=log_on,
+            cwd=workdir,
+            group="probe",
+            more_listeners=[
+                ListenerSpec(PROBE, ["/health", "/ready"], "probe", "probe_port"),
+                ListenerSpec(PROBE_H2, ["/health"], "h2", "probe_port", http2=True),
+            ],
         )
+    )
+    template = NGINX_CONF.read_text().replace("{body}", BODY.decode())
+    for name, h2_name in ((NGINX, NGINX_H2), (NGINX_TWIN, NGINX_H2_TWIN)):
+        own_dir = workdir / re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+        conf = own_dir / "nginx.conf"
+        specs.append(
+            ServerSpec(
+                name,
+                [which("nginx") or "nginx", "-p", str(own_dir), "-c", str(conf), "-e", "stderr"],
+                ["/health"],
+                group="probe",
+                more_listeners=[ListenerSpec(h2_name, ["/health"], "h2", "h2_port", http2=True)],
+                files={conf: template.replace("{dir}", str(own_dir))},
+            )
+        )
+    specs.append(
+        ServerSpec(CEILING_H2, [*ceiling, "--http", "2"], ["/health"], cwd=BENCHES, group="h2", http2=True)
+    )
+    specs.append(
+        ServerSpec(
+            PHOENIX_H2,
+            [*phoenix, "--data-dir", data_dir(PHOENIX_H2), "--port", "{port}", "--http", "2"],
+            ["/health"],
+            env=log_on,
+            cwd=workdir,
+            group="h2",
+            http2=True,
+        )
+    )
     return specs
+
+
+Pair = tuple[str, str]  # (row label, endpoint)
+# Head-to-head pairs per --only group: (challenger, reference); a challenger has one reference. The twins
+# come first, for the method's own error. FastAPI is loaded against the ceiling too, so that Phoenix ÷
+# FastAPI is a ratio of two head-to-head ratios; likewise the probe port's /ready ÷ its /health, through
+# nginx: both loaded on the probe port at once would be served by one listener taking connections in
+# turn, so each load would get the same share whatever a request costs (a ratio of 1 by construction).
+DUELS: dict[str, list[tuple[Pair, Pair]]] = {
+    "main": [
+        ((name, endpoint), (CEILING, "/health"))
+        for name, endpoint in [
+            (CEILING_TWIN, "/health"),
+            (PHOENIX_ON, "/health"),
+            (PHOENIX_ON, "/ready"),
+            (PHOENIX_OFF, "/health"),
+            (PHOENIX_OFF, "/ready"),
+            (FASTAPI_ON, "/health"),
+            (FASTAPI_OFF, "/health"),
+        ]
+    ],
+    "probe": [
+        ((NGINX_TWIN, "/health"), (NGINX, "/health")),
+        ((PROBE, "/health"), (NGINX, "/health")),
+        ((PROBE, "/ready"), (NGINX, "/health")),
+        # The main port with the listener on against the same without it, each through the ceiling.
+        ((PHOENIX_LISTENER, "/health"), (CEILING, "/health")),
+        ((PHOENIX_ON, "/health"), (CEILING, "/health")),
+    ],
+    "h2": [
+        ((NGINX_H2_TWIN, "/health"), (NGINX_H2, "/health")),
+        ((PROBE_H2, "/health"), (NGINX_H2, "/health")),
+        ((PHOENIX_H2, "/health"), (CEILING_H2, "/health")),
+    ],
+}
+GROUPS = list(DUELS)
+# The twin of each reference, whose duel with it shows the method's error.
+TWIN_OF = {CEILING: CEILING_TWIN, NGINX: NGINX_TWIN, NGINX_H2: NGINX_H2_TWIN}
+
+
+def selection(specs: list[ServerSpec], groups: list[str]) -> tuple[list[Pair], list[tuple[Pair, Pair]]]:
+    """The rows measured alone (every endpoint of every listener in ``groups``, and each side of their
+    duels) and the duels, both in a fixed order, for the servers in ``specs``."""
+    known = {(ls.name, endpoint) for spec in specs for ls in spec.listeners for endpoint in ls.endpoints}
+    duels = list(
+        dict.fromkeys(
+            duel for group in groups for duel in DUELS[group] if duel[0] in known and duel[1] in known
+        )
+    )
+    in_duels = {pair for duel in duels for pair in duel}
+    rows = [
+        (ls.name, endpoint)
+        for spec in specs
+        for ls in spec.listeners
+        for endpoint in ls.endpoints
+        if ls.group in groups or (ls.name, endpoint) in in_duels
+    ]
+    return rows, duels
 
 
 def bench(
     specs: list[ServerSpec], workdir: Path, args: argparse.Namespace
 ) -> tuple[list[Result], list[HeadToHead], dict[str, Any]]:
-    """Starts every server (idle ones cost core 0 nothing), then measures them in turns: per connection
-    count, each target's warm-up, then round 1 of every target, round 2 of every target, ... so that a
-    disturbance on the shared machine spreads over all targets instead of falling on one. Then the
-    head-to-head rounds (see `head_to_head`)."""
+    """Starts every server the selected groups need (idle ones cost core 0 nothing), then measures them in
+    turns: per connection count, each target's warm-up, then round 1 of every target, round 2 of every
+    target, ... so that a disturbance on the shared machine spreads over all targets instead of falling
+    on one. Then the head-to-head rounds (see `head_to_head`)."""
+    rows, duel_pairs = selection(specs, args.only)
+    needed = {name for name, _endpoint in rows}
     with contextlib.ExitStack() as stack:
         servers = []
         info: dict[str, Any] = {}
         for spec in specs:
+            if not any(ls.name in needed for ls in spec.listeners):
+                continue
             log(f"starting {spec.name}")
             server = stack.enter_context(running(spec, workdir))
-            # Ready (its port bound) before the next server picks a free port.
-            info[spec.name] = {"argv": server.argv, "env": spec.env, "body_bytes": server.wait_ready()}
+            # Ready (its ports bound) before the next server picks free ports.
+            server.wait_ready(listeners=[ls for ls in server.listeners if ls.name in needed])
+            info[spec.name] = {"argv": server.argv, "env": spec.env, "body_bytes": server.body_bytes}
             servers.append(server)
         for server in servers:
             info[server.spec.name]["rss_kb_before"] = server.rss_kb()
             info[server.spec.name]["rss_kb_after_connections"] = {}
-        targets = [(server, endpoint) for server in servers for endpoint in server.spec.endpoints]
+        listeners = {ls.name: ls for server in servers for ls in server.listeners}
+        targets = [(listeners[name], endpoint) for name, endpoint in rows]
         results = []
         duels: list[HeadToHead] = []
         for connections in args.connections:
             rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for server, endpoint in targets:
-                wrk(server.url(endpoint), connections, WARMUP_S, server)
-                rounds[server.spec.name, endpoint] = []
+            for listener, endpoint in targets:
+                load(listener, endpoint, connections, WARMUP_S)
+                rounds[listener.name, endpoint] = []
             for n in range(args.rounds):
                 log(f"c={connections}: round {n + 1} of {args.rounds}")
                 shift = n % len(targets)  # rotate the order, so no target always follows the same one
-                for server, endpoint in targets[shift:] + targets[:shift]:
-                    idle_busy_pct = wait_quiet()
-                    run = wrk(server.url(endpoint), connections, args.duration, server)
+                for listener, endpoint in targets[shift:] + targets[:shift]:
+                    idle_busy_pct = wait_quiet(args.quiet_wait)
+                    run = load(listener, endpoint, connections, args.duration)
                     run["busy_pct_before"] = idle_busy_pct
-                    rounds[server.spec.name, endpoint].append(run)
-            for (name, endpoint), runs in rounds.items():
-                results.append(summarize(name, endpoint, connections, runs))
-            duels += head_to_head(servers, connections, args)
+                    rounds[listener.name, endpoint].append(run)
+            for listener, endpoint in targets:
+                results.append(summarize(listener, endpoint, connections, rounds[listener.name, endpoint]))
+            duels += head_to_head(listeners, duel_pairs, connections, args)
             for server in servers:
                 info[server.spec.name]["rss_kb_after_connections"][str(connections)] = server.rss_kb()
         for server in servers:
@@ -585,44 +929,45 @@ def bench(
         return results, duels, info
 
 
-# Loaded head to head with the ceiling's /health; the ceiling's twin first, for the method's own error.
-# FastAPI too, so that Phoenix ÷ FastAPI is a ratio of two head-to-head ratios.
-CHALLENGERS = [
-    (CEILING_TWIN, "/health"),
-    (PHOENIX_ON, "/health"),
-    (PHOENIX_ON, "/ready"),
-    (PHOENIX_OFF, "/health"),
-    (PHOENIX_OFF, "/ready"),
-    (FASTAPI_ON, "/health"),
-    (FASTAPI_OFF, "/health"),
-]
-
-
-def head_to_head(servers: list[Server], connections: int, args: argparse.Namespace) -> list[HeadToHead]:
-    """Each challenger and the ceiling loaded at the same time, sharing the server core, for
+def head_to_head(
+    listeners: dict[str, Listener],
+    pairs: list[tuple[Pair, Pair]],
+    connections: int,
+    args: argparse.Namespace,
+) -> list[HeadToHead]:
+    """Each challenger and its reference loaded at the same time, sharing the server core, for
     ``--h2h-rounds`` rounds (challengers in turns, rotated per round). Whatever slows the shared machine
     down during a round slows both alike, so the ratio of their req/s holds still where sequential
     rounds swing by ±10 %: with both CPU-bound, it is the ratio of their costs per request."""
-    if args.h2h_rounds == 0:
+    if args.h2h_rounds == 0 or not pairs:
         return []
-    by_name = {server.spec.name: server for server in servers}
-    ceiling = by_name[CEILING]
-    present = [(name, endpoint) for name, endpoint in CHALLENGERS if name in by_name]
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {pair: [] for pair in present}
+    runs: dict[tuple[Pair, Pair], list[dict[str, Any]]] = {pair: [] for pair in pairs}
     for n in range(args.h2h_rounds):
         log(f"c={connections}: head to head, round {n + 1} of {args.h2h_rounds}")
-        shift = n % len(present)
-        for name, endpoint in present[shift:] + present[:shift]:
-            wait_quiet()
+        shift = n % len(pairs)
+        for (name, endpoint), (reference, reference_endpoint) in pairs[shift:] + pairs[:shift]:
+            wait_quiet(args.quiet_wait)
             challenger, against = load_together(
-                [(by_name[name], endpoint), (ceiling, "/health")], connections, args.duration
+                [(listeners[name], endpoint), (listeners[reference], reference_endpoint)],
+                connections,
+                args.duration,
             )
-            runs[name, endpoint].append({"challenger": challenger, "ceiling": against})
+            runs[(name, endpoint), (reference, reference_endpoint)].append(
+                {"challenger": challenger, "reference": against}
+            )
     duels = []
-    for (name, endpoint), pairs in runs.items():
-        duel = HeadToHead(server=name, endpoint=endpoint, connections=connections, rounds=pairs)
+    for ((name, endpoint), (reference, reference_endpoint)), rounds in runs.items():
+        duel = HeadToHead(
+            server=name,
+            endpoint=endpoint,
+            connections=connections,
+            reference=reference,
+            reference_endpoint=reference_endpoint,
+            protocol=listeners[name].protocol,
+            rounds=rounds,
+        )
         log(
-            f"{name} {endpoint} c={connections} head to head: {duel.ratio:.3f}x the ceiling "
+            f"{name} {endpoint} c={connections} head to head: {duel.ratio:.3f}x {reference} "
             f"(rounds {min(duel.ratios):.3f}-{max(duel.ratios):.3f})"
         )
         duels.append(duel)
@@ -632,7 +977,8 @@ def head_to_head(servers: list[Server], connections: int, args: argparse.Namespa
 # --- report ----------------------------------------------------------------------------------------
 
 
-# Chart colours: the ceiling grey, Phoenix blues (log on) and greens (log off), FastAPI oranges.
+# Chart colours: the ceiling grey, Phoenix blues (log on) and greens (log off), FastAPI oranges, nginx
+# reds, the probe listener purples.
 COLOURS = {
     (CEILING, "/health"): "#7f7f7f",
     (CEILING_TWIN, "/health"): "#b5b5b5",
@@ -642,7 +988,16 @@ COLOURS = {
     (PHOENIX_OFF, "/ready"): "#7cc48f",
     (FASTAPI_ON, "/health"): "#d9661f",
     (FASTAPI_OFF, "/health"): "#f2b27c",
+    (NGINX, "/health"): "#a31515",
+    (NGINX_TWIN, "/health"): "#e07b7b",
+    (PHOENIX_LISTENER, "/health"): "#0e2f66",
+    (PROBE, "/health"): "#5b2a86",
+    (PROBE, "/ready"): "#a98bd0",
 }
+# What each reference is called in the report's sentences.
+SHORT = {CEILING: "the ceiling", NGINX: "nginx", CEILING_H2: "the h2c ceiling", NGINX_H2: "nginx h2c"}
+
+Key = tuple[str, str, int]  # (row label, endpoint, connections)
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -653,13 +1008,68 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "**MISS**")
 
 
+class Figures:
+    """One run's sequential medians and head-to-head duels, looked up by (row label, endpoint, c)."""
+
+    def __init__(self, results: list[Result], duels: list[HeadToHead]) -> None:
+        self.results = results
+        self.duels = duels
+        self.result = {(r.server, r.endpoint, r.connections): r for r in results}
+        self.duel = {(d.server, d.endpoint, d.connections): d for d in duels}
+
+    def rps(self, key: Key) -> float | None:
+        found = self.result.get(key)
+        return found.rps if found else None
+
+    def twin(self, duel: HeadToHead) -> HeadToHead | None:
+        """The duel of ``duel``'s reference with its twin: the method's error at that point."""
+        twin = TWIN_OF.get(duel.reference)
+        return self.duel.get((twin, duel.reference_endpoint, duel.connections)) if twin else None
+
+    def relative(self, a: Key, b: Key) -> tuple[float, str] | None:
+        """``a``'s req/s over ``b``'s, and how it was found: head to head when ``a`` was loaded against
+        ``b``, or ``a`` and ``b`` each against the same reference (the ratio of their ratios); else from
+        the sequential medians. None if not measured."""
+        duel, base = self.duel.get(a), self.duel.get(b)
+        if duel is not None and (duel.reference, duel.reference_endpoint) == b[:2]:
+            twin = self.twin(duel)
+            twin_text = (
+                f"; twin {SHORT.get(twin.reference, twin.reference)} {twin.ratio:.3f}x" if twin else ""
+            )
+            shown = (
+                f"rounds {min(duel.ratios):.3f}-{max(duel.ratios):.3f}{twin_text}; per CPU-second "
+                f"{duel.cpu_ratio:.3f}x, core {SERVER_CPU} busy {duel.servers_cpu_pct:.0f} %"
+            )
+            return duel.ratio, f"{duel.ratio:.3f}x head to head ({shown})"
+        if (
+            duel is not None
+            and base is not None
+            and (duel.reference, duel.reference_endpoint)
+            == (
+                base.reference,
+                base.reference_endpoint,
+            )
+        ):
+            value = duel.ratio / base.ratio
+            against = SHORT.get(duel.reference, duel.reference)
+            shown = f"{duel.ratio:.3f} ÷ {base.ratio:.3f} of {against}"
+            return (
+                value,
+                f"{value:.2f}x head to head ({shown}; per CPU-second {duel.cpu_ratio / base.cpu_ratio:.2f}x)",
+            )
+        ra, rb = self.rps(a), self.rps(b)
+        if ra is None or not rb:
+            return None
+        return ra / rb, f"{ra / rb:.2f}x ({ra:,.0f} ÷ {rb:,.0f} req/s)"
+
+
 @dataclass
 class TargetCheck:
     target: str
     connections: int | None
     shipped: str  # Phoenix with its request log on, FastAPI + uvicorn with its access log on
     shipped_ok: bool | None
-    log_off: str  # both logs off
+    log_off: str  # both logs off ("-" where there is no such variant)
     log_off_ok: bool | None
 
 
@@ -673,91 +1083,97 @@ def latest_soak(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def evaluate_targets(
-    results: list[Result], duels: list[HeadToHead], args: argparse.Namespace
-) -> list[TargetCheck]:
-    """The issue's targets, from this run's medians; the soak target from the newest soak report. The
-    throughput ratios against the ceiling come from the head-to-head rounds when there are any: in
-    sequential rounds the machine's own drift is as large as the differences being judged."""
-    by_key = {(r.server, r.endpoint, r.connections): r for r in results}
-    duel_of = {(d.server, d.endpoint, d.connections): d for d in duels}
+def evaluate_targets(figures: Figures, args: argparse.Namespace) -> list[TargetCheck]:
+    """The issue's targets for the selected groups, from this run; the soak target from the newest soak
+    report. The throughput ratios come from the head-to-head rounds when there are any: in sequential
+    rounds the machine's own drift is as large as the differences being judged."""
 
-    def check(
-        a: tuple[str, str, int], b: tuple[str, str, int], attr: str, bound: float, at_least: bool
-    ) -> tuple[str, bool | None]:
-        ra, rb = by_key.get(a), by_key.get(b)
-        if ra is None or rb is None or not getattr(rb, attr):
+    def p99_check(a: Key, b: Key, bound: float) -> tuple[str, bool | None]:
+        ra, rb = figures.result.get(a), figures.result.get(b)
+        if ra is None or rb is None or not rb.p99_ms:
             return "-", None
-        va, vb = getattr(ra, attr), getattr(rb, attr)
-        value = va / vb
-        shown = f"{va:,.0f} ÷ {vb:,.0f} req/s" if attr == "rps" else f"{va:.3f} ÷ {vb:.3f} ms"
-        return f"{value:.2f}x ({shown})", value >= bound if at_least else value <= bound
+        value = ra.p99_ms / rb.p99_ms
+        return f"{value:.2f}x ({ra.p99_ms:.3f} ÷ {rb.p99_ms:.3f} ms)", value <= bound
 
-    def duel_check(
-        key: tuple[str, str, int], per: tuple[str, str, int] | None, bound: float
-    ) -> tuple[str, bool | None]:
-        """``key``'s head-to-head ratio to the ceiling, divided by ``per``'s if given, against ``bound``."""
-        duel, base = duel_of.get(key), duel_of.get(per) if per else None
-        if duel is None or (per and base is None):
+    def throughput_check(a: Key, b: Key, bound: float, with_p99: bool) -> tuple[str, bool | None]:
+        found = figures.relative(a, b)
+        if found is None:
             return "-", None
-        if base is None:
-            twin = duel_of.get((CEILING_TWIN, "/health", key[2]))
-            twin_text = f"; twin ceiling {twin.ratio:.3f}x" if twin else ""
-            shown = f"rounds {min(duel.ratios):.3f}-{max(duel.ratios):.3f}{twin_text}"
-            return f"{duel.ratio:.3f}x head to head ({shown})", duel.ratio >= bound
-        value = duel.ratio / base.ratio
-        shown = f"{duel.ratio:.3f} ÷ {base.ratio:.3f} of the ceiling"
-        return f"{value:.2f}x head to head ({shown})", value >= bound
-
-    def throughput_check(
-        a: tuple[str, str, int], b: tuple[str, str, int], bound: float
-    ) -> tuple[str, bool | None]:
-        """``a``'s req/s over ``b``'s: head to head when both were loaded against the ceiling (or ``b`` is
-        the ceiling), else from the sequential medians."""
-        per = None if b[0] == CEILING else b
-        if a in duel_of and (per is None or per in duel_of):
-            return duel_check(a, per, bound)
-        return check(a, b, "rps", bound, True)
+        value, shown = found
+        ra, rb = figures.result.get(a), figures.result.get(b)
+        if with_p99 and ra and rb:
+            shown += f"; p99 alone {ra.p99_ms:.3f} vs {rb.p99_ms:.3f} ms"
+        return shown, value >= bound
 
     checks = []
 
     def add_throughput(
-        target: str, bound: float, on: tuple[tuple[str, str], ...], off: tuple[tuple[str, str], ...]
+        target: str,
+        bound: float,
+        on: tuple[Pair, Pair],
+        off: tuple[Pair, Pair] | None,
+        with_p99: bool = False,
     ) -> None:
         """One row per connection count: ``on`` and ``off`` are (server, endpoint) pairs, a over b."""
-        (a_on, b_on), (a_off, b_off) = on, off
         for c in args.connections:
-            shipped = throughput_check((*a_on, c), (*b_on, c), bound)
-            log_off = throughput_check((*a_off, c), (*b_off, c), bound)
+            (a_on, b_on) = on
+            shipped = throughput_check((*a_on, c), (*b_on, c), bound, with_p99)
+            log_off: tuple[str, bool | None] = ("-", None)
+            if off is not None:
+                a_off, b_off = off
+                log_off = throughput_check((*a_off, c), (*b_off, c), bound, with_p99)
             checks.append(TargetCheck(target, c, *shipped, *log_off))
 
-    add_throughput(
-        f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
-        TARGET_CEILING_RATIO,
-        ((PHOENIX_ON, "/health"), (CEILING, "/health")),
-        ((PHOENIX_OFF, "/health"), (CEILING, "/health")),
-    )
-    add_throughput(
-        f"/health ≥ {TARGET_FASTAPI_RATIO:g}x FastAPI + uvicorn (req/s)",
-        TARGET_FASTAPI_RATIO,
-        ((PHOENIX_ON, "/health"), (FASTAPI_ON, "/health")),
-        ((PHOENIX_OFF, "/health"), (FASTAPI_OFF, "/health")),
-    )
-    c = TARGET_P99_CONNECTIONS
-    checks.append(
-        TargetCheck(
-            f"/health p99 at c = {c} ≤ {TARGET_P99_RATIO}x the ceiling's p99",
-            c,
-            *check((PHOENIX_ON, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
-            *check((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), "p99_ms", TARGET_P99_RATIO, False),
+    if "main" in args.only:
+        add_throughput(
+            f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
+            TARGET_CEILING_RATIO,
+            ((PHOENIX_ON, "/health"), (CEILING, "/health")),
+            ((PHOENIX_OFF, "/health"), (CEILING, "/health")),
         )
-    )
-    add_throughput(
-        f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
-        TARGET_READY_RATIO,
-        ((PHOENIX_ON, "/ready"), (PHOENIX_ON, "/health")),
-        ((PHOENIX_OFF, "/ready"), (PHOENIX_OFF, "/health")),
-    )
+        add_throughput(
+            f"/health ≥ {TARGET_FASTAPI_RATIO:g}x FastAPI + uvicorn (req/s)",
+            TARGET_FASTAPI_RATIO,
+            ((PHOENIX_ON, "/health"), (FASTAPI_ON, "/health")),
+            ((PHOENIX_OFF, "/health"), (FASTAPI_OFF, "/health")),
+        )
+        c = TARGET_P99_CONNECTIONS
+        checks.append(
+            TargetCheck(
+                f"/health p99 at c = {c} ≤ {TARGET_P99_RATIO}x the ceiling's p99",
+                c,
+                *p99_check((PHOENIX_ON, "/health", c), (CEILING, "/health", c), TARGET_P99_RATIO),
+                *p99_check((PHOENIX_OFF, "/health", c), (CEILING, "/health", c), TARGET_P99_RATIO),
+            )
+        )
+        add_throughput(
+            f"/ready (cached) ≥ {TARGET_READY_RATIO}x /health (req/s)",
+            TARGET_READY_RATIO,
+            ((PHOENIX_ON, "/ready"), (PHOENIX_ON, "/health")),
+            ((PHOENIX_OFF, "/ready"), (PHOENIX_OFF, "/health")),
+        )
+    if "probe" in args.only:
+        add_throughput(
+            f"probe port /health ≥ {TARGET_NGINX_RATIO}x nginx (req/s)",
+            TARGET_NGINX_RATIO,
+            ((PROBE, "/health"), (NGINX, "/health")),
+            None,
+            with_p99=True,
+        )
+        add_throughput(
+            f"probe port /ready ≥ {TARGET_PROBE_READY_RATIO}x its /health (req/s)",
+            TARGET_PROBE_READY_RATIO,
+            ((PROBE, "/ready"), (PROBE, "/health")),
+            None,
+        )
+        add_throughput(
+            f"main port /health with the probe listener ≥ {TARGET_LISTENER_RATIO}x without (req/s)",
+            TARGET_LISTENER_RATIO,
+            ((PHOENIX_LISTENER, "/health"), (PHOENIX_ON, "/health")),
+            None,
+        )
+    if "main" not in args.only:
+        return checks
     soak = latest_soak(args.out)
     target = f"RSS growth over 5 minutes ≤ {TARGET_SOAK_GROWTH_MB:g} MB"
     if soak is None or "rss" not in soak:
@@ -776,6 +1192,11 @@ def evaluate_targets(
     return checks
 
 
+def ceiling_of(protocol: str) -> str:
+    """The row a result's "ratio to ceiling" is taken against: the Granian ceiling of its protocol."""
+    return CEILING_H2 if protocol == "h2c" else CEILING
+
+
 def report(
     results: list[Result],
     duels: list[HeadToHead],
@@ -784,71 +1205,98 @@ def report(
     args: argparse.Namespace,
     chart_name: str | None,
 ) -> str:
-    by_key = {(r.server, r.endpoint, r.connections): r for r in results}
+    figures = Figures(results, duels)
 
     def rps(server: str, endpoint: str, connections: int) -> float | None:
-        found = by_key.get((server, endpoint, connections))
-        return found.rps if found else None
+        return figures.rps((server, endpoint, connections))
 
+    def relative(a: Pair, b: Pair, connections: int) -> str:
+        found = figures.relative((*a, connections), (*b, connections))
+        return f"{found[0]:.3f}" if found else "-"
+
+    quiet = f"up to {args.quiet_wait:g} s" if args.quiet_wait else "not at all (--quiet-wait 0)"
     lines = [
         f"# Phoenix HTTP benchmark, {env['date']}",
         "",
         f"`{env['command']}`",
         "",
-        f"Server on core {SERVER_CPU}, `wrk -t1` on core {WRK_CPU}; per connection count a {WARMUP_S} s "
-        f"warm-up, then the median of {args.rounds} rounds of {args.duration} s, taken in turns across the "
-        "servers. "
-        "Ratios compare servers within this run. CPU columns are % of one core during the rounds: the "
-        "server's processes, wrk, and everything else on the machine (other CPU % well above 0 means the "
-        f"numbers are disturbed; each round waits, up to {QUIET_TIMEOUT_S:.0f} s, for the machine to be "
-        "idle first; at c = 500 about 20-30 % shows for every Granian server alike: the kernel's loopback "
-        "network work (softirq) charged to no process, not a disturbance). Errors are wrk's socket errors "
-        "(connect, read, write, timeout) and non-2xx/3xx answers, summed over the rounds.",
+        f"Groups: {', '.join(args.only)}. Servers on core {SERVER_CPU}, the load generator on core "
+        f"{WRK_CPU}: `wrk -t1` for HTTP/1.1, `h2load -t1 -m1` for h2c (HTTP/2 cleartext, prior knowledge; "
+        "one request in flight per connection, as with wrk). Per connection count a "
+        f"{WARMUP_S} s warm-up, then the median of {args.rounds} rounds of {args.duration} s, taken in turns "
+        "across the servers. "
+        "Ratios compare servers within this run; h2c rows are compared with the h2c ceiling. CPU columns are "
+        "% of one core during the rounds: the server's processes, the load generator, and everything else "
+        "on the machine (other CPU % well above 0 means the numbers are disturbed; each round waits, "
+        f"{quiet}, for the machine to be idle first; at c = 500 about 20-30 % shows for every Granian "
+        "server alike: the kernel's loopback network work (softirq) charged to no process, not a "
+        "disturbance). Bytes per response: headers and body as the client received them. Errors are wrk's "
+        "socket errors (connect, read, write, timeout) and non-2xx/3xx answers, or h2load's failed "
+        "requests, summed over the rounds.",
         "",
-        "| server | endpoint | connections | req/s | p50 ms | p99 ms | ratio to ceiling | server CPU % "
-        "| wrk CPU % | other CPU % | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "nginx (the physical reference): Debian's nginx-light, master and one worker pinned to core "
+        f"{SERVER_CPU}, `return 200` with the ceiling's body (Phoenix's /health in shape and length) as "
+        "`application/json`, access log off, keep-alive connections never closed "
+        "([nginx_reference.conf](../nginx_reference.conf)). The probe port rows are Phoenix "
+        "(`phoenix serve --probe-port`, request log on, as shipped) on its probe listener; the same "
+        f'process\'s main port is the row "{PHOENIX_LISTENER}".',
+        "",
+        "| server | endpoint | protocol | connections | req/s | p50 ms | p99 ms | ratio to ceiling "
+        "| server CPU % | load gen. CPU % | other CPU % | bytes/response | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r.server} | {r.endpoint} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} "
-            f"| {ratio(r.rps, rps(CEILING, '/health', r.connections))} | {r.server_cpu_pct:.0f} "
-            f"| {r.wrk_cpu_pct:.0f} | {r.other_cpu_pct:.0f} | {r.errors} |"
+            f"| {r.server} | {r.endpoint} | {r.protocol} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.3f} "
+            f"| {r.p99_ms:.3f} | {ratio(r.rps, rps(ceiling_of(r.protocol), '/health', r.connections))} "
+            f"| {r.server_cpu_pct:.0f} | {r.wrk_cpu_pct:.0f} | {r.other_cpu_pct:.0f} "
+            f"| {r.bytes_per_response:.0f} | {r.errors} |"
         )
     if chart_name:
-        lines += ["", f"![req/s and p99 per server and connection count]({chart_name})"]
+        lines += ["", f"![HTTP/1.1 req/s and p99 per server and connection count]({chart_name})"]
 
     if duels:
-        lines += ["", "## Head to head with the ceiling", ""]
+        lines += ["", "## Head to head", ""]
         lines += [
-            "Each server below and the ceiling loaded at the same time, both servers sharing core "
-            f"{SERVER_CPU} and both wrk on core {WRK_CPU}, {args.h2h_rounds} rounds of {args.duration} s "
-            "per connection count, in turns. Whatever slows the shared machine during a round slows both "
-            "alike, so their ratio holds still where the sequential rounds above swing by ±10 %; with both "
-            "servers CPU-bound, each gets half the core and the req/s ratio is the ratio of their costs per "
-            "request. The ceiling's twin (a second, identical ceiling) shows the method's own error. "
-            "Per CPU-second: the same ratio from requests per second of each server's own CPU time.",
+            "Each server below and its reference (the ceiling, nginx, or their h2c forms) loaded at the same "
+            f"time, both servers sharing core {SERVER_CPU} and both load generators on core {WRK_CPU}, "
+            f"{args.h2h_rounds} rounds of {args.duration} s per connection count, in turns. Whatever slows "
+            "the shared machine during a round slows both alike, so their ratio holds still where the "
+            "sequential rounds above swing by ±10 %; with both servers CPU-bound, each gets half the core "
+            "and the req/s ratio is the ratio of their costs per request. A reference's twin (a second, "
+            "identical instance) shows the method's own error. Per CPU-second: the same ratio from "
+            "requests per second of each server's own CPU time. Core busy: both servers' CPU, in % of their "
+            "core; well below 100 the two load generators, sharing the other core, set the pace (as they may "
+            "against nginx and the probe listener, cheaper per request than wrk and h2load), the req/s ratio "
+            "leans towards 1, and the per-CPU-second ratio is the one that compares the servers' costs. p99: "
+            "each side's, under this shared load. The probe port's /ready and /health are each loaded "
+            "against nginx and compared through it: loaded at once on the one listener, each load would get "
+            "the same share of it whatever a request costs.",
             "",
-            "| server | endpoint | connections | ÷ ceiling (median) | rounds (min-max) | per CPU-second "
-            "| req/s | ceiling req/s |",
-            "|---|---|---:|---:|---|---:|---:|---:|",
+            "| server | endpoint | protocol | connections | against | ÷ against (median) | rounds (min-max) "
+            f"| per CPU-second | core {SERVER_CPU} busy % | req/s | against req/s | p99 ms "
+            "| against p99 ms |",
+            "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for d in duels:
-            rps_each = statistics.median(r["challenger"]["rps"] for r in d.rounds)
-            ceiling_each = statistics.median(r["ceiling"]["rps"] for r in d.rounds)
             lines.append(
-                f"| {d.server} | {d.endpoint} | {d.connections} | {d.ratio:.3f} "
-                f"| {min(d.ratios):.3f}-{max(d.ratios):.3f} | {d.cpu_ratio:.3f} | {rps_each:,.0f} "
-                f"| {ceiling_each:,.0f} |"
+                f"| {d.server} | {d.endpoint} | {d.protocol} | {d.connections} | {d.reference} "
+                f"| {d.ratio:.3f} | {min(d.ratios):.3f}-{max(d.ratios):.3f} | {d.cpu_ratio:.3f} "
+                f"| {d.servers_cpu_pct:.0f} "
+                f"| {d.median('challenger', 'rps'):,.0f} | {d.median('reference', 'rps'):,.0f} "
+                f"| {d.median('challenger', 'p99'):.3f} | {d.median('reference', 'p99'):.3f} |"
             )
 
-    checks = evaluate_targets(results, duels, args)
+    checks = evaluate_targets(figures, args)
     lines += ["", "## Targets", ""]
     lines += [
-        "Phoenix as shipped (request log on) against FastAPI + uvicorn as shipped (access log on) and the "
-        "ceiling; the last two columns are the same with both logs off. Throughput ratios are head to head "
-        "when those rounds ran (a ratio between two servers is then the ratio of their head-to-head ratios "
-        "to the ceiling); p99 is of the medians above.",
+        "Phoenix as shipped (request log on) against FastAPI + uvicorn as shipped (access log on), the "
+        "ceiling and nginx; the last two columns are the same with both logs off, where there is such a "
+        "variant. Throughput ratios are head to head when those rounds ran (a ratio between two servers "
+        "loaded against the same reference is then the ratio of their head-to-head ratios); p99 is of the "
+        'medians above. "With the probe listener ≥ without" allows '
+        f"{100 * (1 - TARGET_LISTENER_RATIO):.0f} % for the method's error: it is a ratio of two "
+        "head-to-head ratios, each within about 1 % as the twins show.",
         "",
         "| target | connections | as shipped | result | logs off | result |",
         "|---|---:|---|---|---|---|",
@@ -868,28 +1316,55 @@ def report(
         lines.append("Missed as shipped: none.")
 
     lines += ["", "## Ratios", ""]
-    lines += [
-        "| connections | request log | Phoenix /health ÷ ceiling | Phoenix /ready ÷ /health "
-        "| Phoenix /health ÷ FastAPI |",
-        "|---:|---|---:|---:|---:|",
+    if "main" in args.only:
+        lines += [
+            "Sequential medians.",
+            "",
+            "| connections | request log | Phoenix /health ÷ ceiling | Phoenix /ready ÷ /health "
+            "| Phoenix /health ÷ FastAPI |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        for connections in args.connections:
+            for state in ("on", "off"):
+                phoenix = f"phoenix (request log {state})"
+                health = rps(phoenix, "/health", connections)
+                ready = rps(phoenix, "/ready", connections)
+                ceiling = rps(CEILING, "/health", connections)
+                fastapi = rps(f"fastapi+uvicorn (access log {state})", "/health", connections)
+                lines.append(
+                    f"| {connections} | {state} | {ratio(health, ceiling)} | {ratio(ready, health)} "
+                    f"| {ratio(health, fastapi)} |"
+                )
+        lines.append("")
+    # The probe listener's and HTTP/2's comparisons side by side, as the Targets section judges them.
+    columns: list[tuple[str, str, Pair, Pair]] = [
+        ("probe", "probe /health ÷ nginx", (PROBE, "/health"), (NGINX, "/health")),
+        ("probe", "probe /ready ÷ probe /health", (PROBE, "/ready"), (PROBE, "/health")),
+        ("probe", "main port, listener on ÷ off", (PHOENIX_LISTENER, "/health"), (PHOENIX_ON, "/health")),
+        ("probe", "nginx twin ÷ nginx", (NGINX_TWIN, "/health"), (NGINX, "/health")),
+        ("h2", "Phoenix h2c ÷ ceiling h2c", (PHOENIX_H2, "/health"), (CEILING_H2, "/health")),
+        ("h2", "probe h2c ÷ nginx h2c", (PROBE_H2, "/health"), (NGINX_H2, "/health")),
+        ("h2", "nginx h2c twin ÷ nginx h2c", (NGINX_H2_TWIN, "/health"), (NGINX_H2, "/health")),
     ]
-    for connections in args.connections:
-        for state in ("on", "off"):
-            phoenix = f"phoenix (request log {state})"
-            health = rps(phoenix, "/health", connections)
-            ready = rps(phoenix, "/ready", connections)
-            ceiling = rps(CEILING, "/health", connections)
-            fastapi = rps(f"fastapi+uvicorn (access log {state})", "/health", connections)
-            lines.append(
-                f"| {connections} | {state} | {ratio(health, ceiling)} | {ratio(ready, health)} "
-                f"| {ratio(health, fastapi)} |"
-            )
+    columns = [column for column in columns if column[0] in args.only]
+    if columns:
+        lines += [
+            "Probe listener and HTTP/2: req/s ratios, head to head (through the common reference where "
+            "both were loaded against it; sequential medians where no head-to-head rounds ran).",
+            "",
+            "| connections | " + " | ".join(title for _group, title, _a, _b in columns) + " |",
+            "|---:|" + "---:|" * len(columns),
+        ]
+        for connections in args.connections:
+            cells = [relative(a, b, connections) for _group, _title, a, b in columns]
+            lines.append(f"| {connections} | " + " | ".join(cells) + " |")
 
     lines += ["", "## Memory (VmRSS of the worker processes, MiB)", ""]
     lines += [
         "Read when the server is up, before any load, then after each connection count's rounds; the "
         "maximum is over the readings before and after every run. The growth is after the last load minus "
-        "before the first: a soak (`make bench-soak`) measures growth under steady load.",
+        "before the first: a soak (`make bench-soak`) measures growth under steady load. One row per "
+        "process: the probe listener lives in the process of the row named after its main port.",
         "",
     ]
     after_cols = [f"after c = {c}" for c in args.connections]
@@ -899,7 +1374,8 @@ def report(
     ]
     for name, info in servers.items():
         afters = [info["rss_kb_after_connections"].get(str(c), 0) for c in args.connections]
-        peak = max([info["rss_kb_before"], *afters, *(r.rss_kb_max for r in results if r.server == name)])
+        own = set(info["body_bytes"])  # the process's listeners that were measured
+        peak = max([info["rss_kb_before"], *afters, *(r.rss_kb_max for r in results if r.server in own)])
         growth = info["rss_kb_after"] - info["rss_kb_before"]
         lines.append(
             f"| {name} | {info['rss_kb_before'] / 1024:.1f} | "
@@ -918,7 +1394,7 @@ def report(
     else:
         for r in with_errors:
             kinds = ", ".join(f"{kind} {n}" for kind, n in r.error_kinds.items() if n)
-            lines.append(f"- {r.server} {r.endpoint} c = {r.connections}: {kinds}")
+            lines.append(f"- {r.server} {r.endpoint} ({r.protocol}) c = {r.connections}: {kinds}")
         lines.append(f"- open-files limit (soft/hard): {env.get('nofile', '-')}")
 
     lines += machine_section(env)
@@ -926,8 +1402,12 @@ def report(
 
 
 def chart(results: list[Result], env: dict[str, str], args: argparse.Namespace, path: Path) -> bool:
-    """req/s (top row) and p99 (bottom row), one panel per connection count, one bar per server and
-    endpoint; written to ``path`` as PNG. False if matplotlib is not available."""
+    """req/s (top row) and p99 (bottom row), one panel per connection count, one bar per HTTP/1.1 server
+    and endpoint; written to ``path`` as PNG. False if matplotlib is not available or there is nothing to
+    draw."""
+    results = [r for r in results if r.protocol == "http/1.1"]
+    if not results:
+        return False
     try:
         import matplotlib
 
@@ -983,7 +1463,7 @@ def chart(results: list[Result], env: dict[str, str], args: argparse.Namespace, 
     ]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(
-        f"Phoenix HTTP benchmark, {env['date']}: median of {args.rounds} x {args.duration} s rounds, "
+        f"Phoenix HTTP/1.1 benchmark, {env['date']}: median of {args.rounds} x {args.duration} s rounds, "
         f"server on core {SERVER_CPU}, wrk -t1 on core {WRK_CPU}\n"
         f"{env['cpu_model']}, {env['nproc']} cores, Python {env['python']}, granian {env['granian']}, "
         f"commit {env['commit']}; req/s labels: k req/s and ratio to the ceiling (dashed line)",
@@ -1014,10 +1494,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5,
         help="head-to-head rounds per connection count against the ceiling (default 5; 0: none)",
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: [group.strip() for group in text.split(",")],
+        default=GROUPS,
+        help=f"comma-separated groups of rows to measure, of {','.join(GROUPS)} (default: all)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=QUIET_TIMEOUT_S,
+        help=f"seconds to wait, at most, for an idle machine before each round (default {QUIET_TIMEOUT_S:g})",
+    )
     parser.add_argument("--out", type=Path, default=BENCHES / "results", help="report directory")
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1 or min(args.connections) < 1 or args.h2h_rounds < 0:
         parser.error("--duration, --rounds and --connections must be positive, --h2h-rounds not negative")
+    if args.quiet_wait < 0:
+        parser.error("--quiet-wait must not be negative")
+    unknown = [group for group in args.only if group not in GROUPS]
+    if unknown or not args.only:
+        parser.error(f"--only takes groups of {', '.join(GROUPS)}, not {','.join(unknown) or 'none'}")
+    args.only = [group for group in GROUPS if group in args.only]  # one order, whatever the command line's
     return args
 
 
@@ -1035,7 +1533,11 @@ def prepare_load_run(connections: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     nofile = prepare_load_run(max(args.connections))
-    with_fastapi = ensure_fastapi()
+    if "probe" in args.only or "h2" in args.only:
+        ensure_apt("nginx", "nginx-light")
+    if "h2" in args.only:
+        ensure_apt("h2load", "nghttp2-client")
+    with_fastapi = "main" in args.only and ensure_fastapi()
     with_chart = ensure_matplotlib()
     started = dt.datetime.now()
     env = run_env(started, nofile=nofile)
@@ -1054,7 +1556,13 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
         "head_to_head": [
             asdict(d)
-            | {"ratios": d.ratios, "cpu_ratios": d.cpu_ratios, "ratio": d.ratio, "cpu_ratio": d.cpu_ratio}
+            | {
+                "ratios": d.ratios,
+                "cpu_ratios": d.cpu_ratios,
+                "ratio": d.ratio,
+                "cpu_ratio": d.cpu_ratio,
+                "servers_cpu_pct": d.servers_cpu_pct,
+            }
             for d in duels
         ],
     }
