@@ -63,9 +63,11 @@ bench: develop
 clean:
 	rm -rf target dist $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# HTTP benchmark: Phoenix /health and /ready vs a bare Granian ceiling and FastAPI + uvicorn (wrk, pinned
-# cores; sequential rounds, then head-to-head rounds against the ceiling).
-# e.g. make bench-http BENCH_ARGS="--duration 5 --rounds 3 --connections 1,50"
+# HTTP benchmark: Phoenix /health and /ready, main port and probe listener, vs a bare Granian ceiling,
+# FastAPI + uvicorn and nginx (nginx-light), over HTTP/1.1 (wrk) and h2c (h2load; nginx and h2load
+# installed with apt-get when missing); pinned cores; sequential rounds, then head-to-head rounds against
+# each reference. Groups: --only main,probe,h2 (default all).
+# e.g. make bench-http BENCH_ARGS="--duration 3 --rounds 1 --h2h-rounds 2 --connections 50 --only probe"
 bench-http: develop
 	python benches/http_harness.py $(BENCH_ARGS)
 

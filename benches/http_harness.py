@@ -514,7 +514,7 @@ def h2_get(port: int, endpoint: str) -> tuple[int, int]:
     return 200, int(traffic["data"])
 
 
-# --- wrk -------------------------------------------------------------------------------------------
+# --- load generators -------------------------------------------------------------------------------
 
 
 def measured(
@@ -1033,9 +1033,7 @@ class Figures:
         duel, base = self.duel.get(a), self.duel.get(b)
         if duel is not None and (duel.reference, duel.reference_endpoint) == b[:2]:
             twin = self.twin(duel)
-            twin_text = (
-                f"; twin {SHORT.get(twin.reference, twin.reference)} {twin.ratio:.3f}x" if twin else ""
-            )
+            twin_text = f"; twin {twin.ratio:.3f}x" if twin else ""
             shown = (
                 f"rounds {min(duel.ratios):.3f}-{max(duel.ratios):.3f}{twin_text}; per CPU-second "
                 f"{duel.cpu_ratio:.3f}x, core {SERVER_CPU} busy {duel.servers_cpu_pct:.0f} %"
@@ -1335,7 +1333,6 @@ def report(
                     f"| {connections} | {state} | {ratio(health, ceiling)} | {ratio(ready, health)} "
                     f"| {ratio(health, fastapi)} |"
                 )
-        lines.append("")
     # The probe listener's and HTTP/2's comparisons side by side, as the Targets section judges them.
     columns: list[tuple[str, str, Pair, Pair]] = [
         ("probe", "probe /health ÷ nginx", (PROBE, "/health"), (NGINX, "/health")),
@@ -1349,6 +1346,7 @@ def report(
     columns = [column for column in columns if column[0] in args.only]
     if columns:
         lines += [
+            *([""] if "main" in args.only else []),
             "Probe listener and HTTP/2: req/s ratios, head to head (through the common reference where "
             "both were loaded against it; sequential medians where no head-to-head rounds ran).",
             "",
