@@ -538,7 +538,7 @@ def measured(
             raise ValueError(f"exit status {done.returncode}")
         report = parse(done.stdout)
     except (ValueError, KeyError) as exc:
-        raise RuntimeError(f"{argv[0]} failed ({exc}): {done.stdout}\n{done.stderr}") from None
+        raise RuntimeError(f"{' '.join(argv)} failed ({exc}): {done.stdout}\n{done.stderr}") from None
     report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
     report["rss_kb_before"], report["rss_kb_after"] = rss_before, server.rss_kb()
     report["server_cpu_pct"] = 100 * server_cpu / wall
@@ -733,10 +733,33 @@ class HeadToHead:
 
 def load_together(loads: list[tuple[Listener, str]], connections: int, seconds: int) -> list[dict[str, Any]]:
     """One load generator per (listener, endpoint), all started together (every one on WRK_CPU, every
-    server on SERVER_CPU). Their load-generator and other-CPU columns are shared and mean nothing here."""
-    with ThreadPoolExecutor(len(loads)) as pool:
-        runs = [pool.submit(load, listener, endpoint, connections, seconds) for listener, endpoint in loads]
-        return [run.result() for run in runs]
+    server on SERVER_CPU); with several, their load-generator and other-CPU columns are shared and mean
+    nothing. If a load generator fails, all are run once more, their runs marked with the first failure
+    ("retried_after", listed in the report): on this shared machine, with both cores busy with others'
+    work, an h2load run has now and then ended with nothing done (no connection made within the run), and
+    one such run should not end a half-hour benchmark. A server that has exited fails for good."""
+
+    def run_all() -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(len(loads)) as pool:
+            runs = [
+                pool.submit(load, listener, endpoint, connections, seconds) for listener, endpoint in loads
+            ]
+            return [run.result() for run in runs]
+
+    try:
+        return run_all()
+    except RuntimeError as exc:
+        for listener, _endpoint in loads:
+            listener.server.check_alive()
+        reason = str(exc).splitlines()[0]
+        tails = "".join(
+            f"\n{listener.name}'s server log ends:\n{listener.server.log_tail(5)}" for listener, _ in loads
+        )
+        log(f"{reason}{tails}\nrunning c={connections} once more")
+        runs = run_all()
+        for run in runs:
+            run["retried_after"] = reason
+        return runs
 
 
 # --- servers ---------------------------------------------------------------------------------------
@@ -908,14 +931,14 @@ def bench(
         for connections in args.connections:
             rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for listener, endpoint in targets:
-                load(listener, endpoint, connections, WARMUP_S)
+                load_together([(listener, endpoint)], connections, WARMUP_S)
                 rounds[listener.name, endpoint] = []
             for n in range(args.rounds):
                 log(f"c={connections}: round {n + 1} of {args.rounds}")
                 shift = n % len(targets)  # rotate the order, so no target always follows the same one
                 for listener, endpoint in targets[shift:] + targets[:shift]:
                     idle_busy_pct = wait_quiet(args.quiet_wait)
-                    run = load(listener, endpoint, connections, args.duration)
+                    [run] = load_together([(listener, endpoint)], connections, args.duration)
                     run["busy_pct_before"] = idle_busy_pct
                     rounds[listener.name, endpoint].append(run)
             for listener, endpoint in targets:
@@ -1383,6 +1406,24 @@ def report(
 
     lines += ["", "## Errors", ""]
     with_errors = [r for r in results if r.errors]
+    retried = [
+        f"- run once more after a failed run: {name} {endpoint} c = {connections} ({run['retried_after']})"
+        for name, endpoint, connections, runs in [
+            *((r.server, r.endpoint, r.connections, r.rounds) for r in results),
+            *(
+                (
+                    f"{d.server} against {d.reference}",
+                    d.endpoint,
+                    d.connections,
+                    [r["challenger"] for r in d.rounds],
+                )
+                for d in duels
+            ),
+        ]
+        for run in runs
+        if "retried_after" in run
+    ]
+    lines += retried
     if not with_errors:
         lines.append(
             "No socket errors or bad statuses at any connection count "
