@@ -1317,7 +1317,10 @@ def report(
         "loaded against the same reference is then the ratio of their head-to-head ratios); p99 is of the "
         'medians above. "With the probe listener ≥ without" allows '
         f"{100 * (1 - TARGET_LISTENER_RATIO):.0f} % for the method's error: it is a ratio of two "
-        "head-to-head ratios, each within about 1 % as the twins show.",
+        "head-to-head ratios, each within about 1 % as the twins show. Results are judged on req/s, as "
+        f"the issue states them; where core {SERVER_CPU} was well below 100 % busy the load generators set "
+        "the pace (nginx and the probe listener cost less per request than wrk and h2load), so read the "
+        "per-CPU-second ratio beside it.",
         "",
         "| target | connections | as shipped | result | logs off | result |",
         "|---|---:|---|---|---|---|",
