@@ -186,7 +186,13 @@ impl Heartbeat {
         beats.map(|beat| lag(now, beat)).max().map(|lag_ms| LoopLag { lag_ms })
     }
 
-    /// `Some(lag)` when the worst loop is stalled past the liveness threshold.
+    /// Makes this process's loop look `lag_ms` behind, for tests of what depends on it.
+    #[cfg(test)]
+    pub(crate) fn fall_behind(&self, lag_ms: u64) {
+        self.board().mine().beat_ms.store(now_ms() - lag_ms - BEAT_PERIOD_MS, Ordering::Release);
+    }
+
+    /// Whether the worst loop, `lag` behind, is stalled past the liveness threshold.
     pub fn live_stalled(&self, lag: LoopLag) -> bool {
         lag.lag_ms > self.live_stale_ms
     }
@@ -270,13 +276,12 @@ mod tests {
     #[test]
     fn a_stale_stamp_is_stalled_for_readiness_then_liveness_and_each_transition_is_reported_once() {
         let heartbeat = heartbeat();
-        let now = now_ms();
         // A stamp 3 s old: past readiness' 2 s, within liveness' 5 s.
-        heartbeat.own.mine().beat_ms.store(now - 3_000 - BEAT_PERIOD_MS, Ordering::Release);
+        heartbeat.fall_behind(3_000);
         assert!(heartbeat.ready_stalled().is_some_and(|lag| lag >= 3_000));
         assert!(!heartbeat.live_stalled(heartbeat.worst().unwrap()));
         assert_eq!(heartbeat.refresh(), None, "not stalled for liveness: nothing to report");
-        heartbeat.own.mine().beat_ms.store(now - 6_000 - BEAT_PERIOD_MS, Ordering::Release);
+        heartbeat.fall_behind(6_000);
         assert!(heartbeat.live_stalled(heartbeat.worst().unwrap()));
         assert!(heartbeat.refresh().is_some_and(|lag| lag >= 6_000), "the stall is reported");
         assert_eq!(heartbeat.refresh(), None, "and only once");
