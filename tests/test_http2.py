@@ -24,13 +24,9 @@ def curl() -> str:
     fresh machine)."""
     if shutil.which("curl") is None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "curl"],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "curl"]
+        subprocess.run(install, check=True, env=env)
     path = shutil.which("curl")
     assert path is not None, "curl is not installed and could not be"
     features = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
