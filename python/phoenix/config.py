@@ -142,12 +142,12 @@ KEYS: Final = (
     Key("check_timeout_ms", 500, _integer, "an integer > 0", valid=lambda n: n > 0,
         help="Default timeout of one subsystem check, in milliseconds."),
     Key("live_stale_ms", 5000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
-        help="How long the event loop may miss its heartbeat before /live answers 503 'stalled', "
+        help="How far behind its heartbeat the event loop may fall before /live answers 503 'stalled', "
         "in milliseconds."),
     Key("ready_stale_ms", 2000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
-        help="How long the event loop may miss its heartbeat before readiness answers 503 'stalled', "
-        "in milliseconds; at most live_stale_ms, so a wedged worker leaves the Service before it is "
-        "restarted."),
+        help="How far behind its heartbeat the event loop may fall before readiness answers 503 "
+        "'stalled', in milliseconds; at most live_stale_ms, so a wedged worker leaves the Service before "
+        "it is restarted."),
     Key("request_log", True, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
         help="Log method, path, status and latency of each request to the 'phoenix.api' logger."),
     Key("details", None, _text, "one of " + ", ".join(DETAILS_MODES), valid=DETAILS_MODES.__contains__,
@@ -158,14 +158,6 @@ KEYS: Final = (
     Key("shutdown_drain_ms", 5000, _integer, "an integer >= 0", valid=lambda n: n >= 0,
         help="On SIGTERM, how long /ready answers 503 'draining' while requests are still served, "
         "before the server shuts down, in milliseconds."),
-    Key("probe_port", None, _integer, "an integer from 0 to 65535", valid=lambda n: 0 <= n <= 65535,
-        help="TCP port of the probe listener (unset: none)."),
-    Key("probe_host", "127.0.0.1", _text, "a non-empty string", valid=bool,
-        help="Interface the probe listener binds to."),
-    Key("live_stale_ms", 5000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
-        help="How far behind its heartbeat the event loop may fall before /live answers 503, in ms."),
-    Key("ready_stale_ms", 2000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
-        help="How far behind its heartbeat the event loop may fall before readiness answers 503, in ms."),
     Key("log_level", "info", _lower, "one of " + ", ".join(LOG_LEVELS), valid=LOG_LEVELS.__contains__,
         help="Log level: " + ", ".join(LOG_LEVELS) + " (case-insensitive)."),
 )
@@ -195,10 +187,6 @@ class Settings:
     details: str | None
     token: str | None
     shutdown_drain_ms: int
-    probe_port: int | None
-    probe_host: str
-    live_stale_ms: int
-    ready_stale_ms: int
     log_level: str
     # The keys some source set, rather than left to their defaults: a served kernel's own request log,
     # drain and probe listener hold unless one did.
