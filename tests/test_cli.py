@@ -59,6 +59,7 @@ def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str)
         ([], {"PHOENIX_READY_STALE_MS": "6000"}, ["ready_stale_ms", "live_stale_ms"]),
         ([], {"PHOENIX_LIVE_STALE_MS": "0"}, ["live_stale_ms", "PHOENIX_LIVE_STALE_MS"]),
         (["--app", "tests.apps:empty", "--workers", "2", "--probe-port", "0"], {}, ["probe_port", "worker"]),
+        (["--port", "5999", "--probe-port", "5999"], {}, ["probe_port", "5999 is the main port"]),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(

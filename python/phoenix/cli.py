@@ -253,6 +253,9 @@ def _serve(settings: Settings) -> int:
             "invalid value for probe_port: 0 would give each worker a free port of its own; "
             "name one port for all workers"
         )
+    if kernel.probe_port == settings.port != 0:
+        # Both listeners bind with SO_REUSEPORT, so the kernel would split connections between them.
+        raise ConfigError(f"invalid value for probe_port: {settings.port} is the main port (port) too")
     configure(settings.log_level)
     _log.info("%s", details_in_force(kernel, settings.host)[1])
     warn_if_details_public(kernel, settings.host)
