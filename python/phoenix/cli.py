@@ -52,6 +52,10 @@ def load_kernel(settings: Settings) -> Kernel:
             details=settings.details,
             token=settings.token,
             shutdown_drain_ms=settings.shutdown_drain_ms,
+            probe_port=settings.probe_port,
+            probe_host=settings.probe_host,
+            live_stale_ms=settings.live_stale_ms,
+            ready_stale_ms=settings.ready_stale_ms,
         )
     module_name, _, attr_path = settings.app.partition(":")
     try:
@@ -79,13 +83,17 @@ def load_kernel(settings: Settings) -> Kernel:
 
 def served_kernel(settings: Settings) -> Kernel:
     """The kernel ``phoenix serve`` runs, built once in the parent (to fail early and to learn its drain)
-    and again in each worker. Its own request log and drain hold unless the command line, environment or
-    config file sets them; its other settings shape the default kernel only."""
+    and again in each worker. Its own request log, drain and probe listener hold unless the command line,
+    environment or config file sets them; its other settings shape the default kernel only."""
     kernel = load_kernel(settings)
     if "request_log" in settings.explicit:
         kernel.request_log = settings.request_log
     if "shutdown_drain_ms" in settings.explicit:
         kernel.shutdown_drain_ms = settings.shutdown_drain_ms
+    if "probe_port" in settings.explicit:
+        kernel.probe_port = settings.probe_port
+    if "probe_host" in settings.explicit:
+        kernel.probe_host = settings.probe_host
     return kernel
 
 
@@ -122,6 +130,10 @@ def details_in_force(kernel: Kernel, host: str) -> tuple[str, str]:
         "token": "full with the bearer token, else status only",
     }
     return kernel.details, f'readiness details: {shown[kernel.details]} (details = "{kernel.details}")'
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def warn_if_details_public(kernel: Kernel, host: str) -> None:
@@ -236,9 +248,21 @@ def _serve(settings: Settings) -> int:
     # Until Granian installs its own handlers, a stop (SIGTERM) while --app loads here is a clean exit.
     signal.signal(signal.SIGTERM, _stop_before_serving)
     kernel = served_kernel(settings)  # fail here, with exit status 2, rather than in every worker
+    if kernel.probe_port == 0 and settings.workers > 1:
+        raise ConfigError(
+            "invalid value for probe_port: 0 would give each worker a free port of its own; "
+            "name one port for all workers"
+        )
+    if kernel.probe_port == settings.port != 0:
+        # Both listeners bind with SO_REUSEPORT, so the kernel would split connections between them.
+        raise ConfigError(f"invalid value for probe_port: {settings.port} is the main port (port) too")
     configure(settings.log_level)
     _log.info("%s", details_in_force(kernel, settings.host)[1])
     warn_if_details_public(kernel, settings.host)
+    if kernel.probe_port is not None:
+        # Each worker opens the listener when its kernel starts; a port of 0 is chosen there.
+        shown = _address(kernel.probe_host, kernel.probe_port)
+        _log.info("probes on %s%s", shown, " (a free port)" if kernel.probe_port == 0 else "")
     try:
         import uvloop  # noqa: F401
 
@@ -252,7 +276,7 @@ def _serve(settings: Settings) -> int:
         interface=Interfaces.RSGI,
         workers=settings.workers,
         loop=loop,
-        http=HTTPModes.http1,
+        http=HTTPModes(settings.http),
         websockets=False,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=dictconfig(settings.log_level, base=LOGGING_CONFIG),
@@ -275,10 +299,18 @@ class _NoAnswer(Exception):
     """``phoenix check`` reached no readiness report at a server's URL (the message says why)."""
 
 
-def _server_url(settings: Settings) -> str:
-    """Where ``phoenix serve`` with these settings answers; a wildcard bind is reached on loopback."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
-    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+def _server_url(settings: Settings) -> str | None:
+    """Where ``phoenix serve`` with these settings answers probes over HTTP/1.1: its probe listener if it
+    has one, else its main port. None when that took whichever port was free (port 0): there is no
+    finding it again. A wildcard bind is reached on loopback."""
+    if settings.probe_port:
+        host, port = settings.probe_host, settings.probe_port
+    elif settings.port:
+        host, port = settings.host, settings.port
+    else:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{_address(host, port)}"
 
 
 def _ask_server(url: str, token: str | None) -> tuple[bool, dict[str, Any]]:
@@ -316,23 +348,28 @@ def _ask_server(url: str, token: str | None) -> tuple[bool, dict[str, Any]]:
 
 
 def _check(settings: Settings, url: str | None) -> int:
-    """Asks the server at ``url``, else at the configured host and port; only when nothing listens
-    there (no server holds the kernel) is the kernel evaluated here, in this process."""
+    """Asks the server at ``url``, else at the configured probe port or host and port; only when nothing
+    listens there (no server holds the kernel) is the kernel evaluated here, in this process."""
     configure(settings.log_level)
     answer: tuple[bool, dict[str, Any]] | None = None
+    target = _server_url(settings) if url is None else url
     try:
-        # A server on port 0 took whichever port was free: there is no finding it again.
-        if url is not None or settings.port != 0:
-            answer = _ask_server(url or _server_url(settings), settings.token)
+        if target is not None:
+            answer = _ask_server(target, settings.token)
     except ConnectionRefusedError:
         if url is not None:
             print(f"phoenix: no server answers at {url} (connection refused)", file=sys.stderr)
             return 2
     except _NoAnswer as exc:
-        print(f"phoenix: {exc}", file=sys.stderr)
+        # This check speaks HTTP/1.1 only, which a main port serving HTTP/2 only resets.
+        http2_only = url is None and not settings.probe_port and settings.http == "2"
+        hint = '; with http = "2" the main port speaks HTTP/2 only: set probe_port' if http2_only else ""
+        print(f"phoenix: {exc}{hint}", file=sys.stderr)
         return 2
     if answer is None:
-        report = asyncio.run(_check_once(load_kernel(settings)))
+        kernel = load_kernel(settings)
+        kernel.probe_port = None  # a one-off check answers here, and listens nowhere
+        report = asyncio.run(_check_once(kernel))
         answer = report["status"] == "ready", report
     ready, report = answer
     print(json.dumps(report, indent=2))
@@ -353,8 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("app", "data_dir"):
         for command in (serve, check):
             command.add_argument(f"--{name.replace('_', '-')}", dest=name, help=helps[name])
-    for name in ("host", "port", "workers"):
-        serve.add_argument(f"--{name}", dest=name, help=helps[name])
+    for name in ("host", "port", "http", "workers", "probe_port", "probe_host"):
+        serve.add_argument(f"--{name.replace('_', '-')}", dest=name, help=helps[name])
     check.add_argument(
         "--url",
         help="ask the server at this URL (e.g. http://127.0.0.1:5001) instead of the configured host and "
