@@ -5,6 +5,8 @@ pub mod access_log;
 pub mod cache;
 pub mod checks;
 pub mod exit_gate;
+pub mod heartbeat;
+pub mod probe;
 pub mod redact;
 pub mod render;
 pub mod routes;

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
@@ -54,7 +55,8 @@ impl View<'_> {
 pub struct Body {
     pub status: u16,
     pub content_type: &'static str,
-    pub bytes: Vec<u8>,
+    /// Shared, so a server can send a cached body without copying it.
+    pub bytes: Bytes,
 }
 
 pub const JSON: &str = "application/json";
@@ -73,7 +75,7 @@ impl Body {
     }
 
     fn json(status: u16, value: &impl Serialize) -> Self {
-        Self { status, content_type: JSON, bytes: to_json(value) }
+        Self { status, content_type: JSON, bytes: to_json(value).into() }
     }
 }
 
@@ -207,7 +209,7 @@ fn health_json(outcomes: &[&Outcome], details: bool) -> Body {
         format!("not ready: {}", failing.join(", "))
     });
     let body = HealthJson { status, output, checks: details.then_some(Checks(outcomes)) };
-    Body { status: code(status != "fail"), content_type: HEALTH_JSON, bytes: to_json(&body) }
+    Body { status: code(status != "fail"), content_type: HEALTH_JSON, bytes: to_json(&body).into() }
 }
 
 fn verbose_line(o: &Outcome) -> String {
@@ -234,7 +236,7 @@ fn verbose(outcomes: &[&Outcome], excluded: &[&Outcome], details: bool) -> Body 
         }
     }
     text.push_str(if ready { "readyz check passed\n" } else { "readyz check failed\n" });
-    Body { status: code(ready), content_type: TEXT, bytes: text.into_bytes() }
+    Body { status: code(ready), content_type: TEXT, bytes: text.into() }
 }
 
 /// The `/ready` answer for a report, as `view` asks.
@@ -289,22 +291,44 @@ pub fn subsystem(outcome: &Outcome, view: &View<'_>) -> Body {
 
 /// `/ready` while the service drains before shutting down: not ready, whatever the checks say.
 pub fn draining(format: Format) -> Body {
+    not_ready(format, "draining", "draining".to_owned())
+}
+
+/// Readiness while the serving event loop is stalled: the worker must leave the load balancer.
+pub fn stalled(format: Format, loop_lag_ms: u64) -> Body {
     match format {
-        Format::Json => Body::json(503, &StatusOnly { status: "draining" }),
+        Format::Json => Body::json(503, &LoopLag { status: "stalled", loop_lag_ms: Some(loop_lag_ms) }),
+        _ => not_ready(format, "stalled", format!("event loop stalled for {loop_lag_ms} ms")),
+    }
+}
+
+/// A 503 that no check decided: `status` in JSON, `reason` in the other formats.
+fn not_ready(format: Format, status: &'static str, reason: String) -> Body {
+    match format {
+        Format::Json => Body::json(503, &StatusOnly { status }),
         Format::HealthJson => Body {
             status: 503,
             content_type: HEALTH_JSON,
-            bytes: to_json(&HealthJson { status: "fail", output: Some("draining".to_owned()), checks: None }),
+            bytes: to_json(&HealthJson { status: "fail", output: Some(reason), checks: None }).into(),
         },
         Format::Verbose => {
-            Body { status: 503, content_type: TEXT, bytes: b"readyz check failed: draining\n".to_vec() }
+            Body { status: 503, content_type: TEXT, bytes: format!("readyz check failed: {reason}\n").into() }
         }
     }
 }
 
-/// `/live`: answering at all is the point; it never depends on subsystems.
-pub fn live() -> Body {
-    Body::json(200, &StatusOnly { status: "alive" })
+#[derive(Serialize)]
+struct LoopLag {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loop_lag_ms: Option<u64>,
+}
+
+/// `/live`: alive unless the serving event loop (`loop_lag_ms`: how far behind its heartbeat it is, when
+/// one beats) is `stalled`.
+pub fn live(loop_lag_ms: Option<u64>, stalled: bool) -> Body {
+    let status = if stalled { "stalled" } else { "alive" };
+    Body::json(code(!stalled), &LoopLag { status, loop_lag_ms })
 }
 
 /// `/startup`: 503 until start-up has finished once, then 200 for good.
@@ -396,7 +420,7 @@ mod tests {
         };
         let body = ready(&report, &View::FULL_JSON);
         assert_eq!((body.status, body.content_type), (200, JSON));
-        let text = String::from_utf8(body.bytes.clone()).unwrap();
+        let text = String::from_utf8(body.bytes.to_vec()).unwrap();
         assert!(text.find("zeta").unwrap() < text.find("alpha").unwrap());
         assert_eq!(
             parse(&body),
@@ -425,7 +449,7 @@ mod tests {
     fn hidden_details_show_only_the_status() {
         assert_eq!(parse(&ready(&mixed(), &View::PUBLIC_JSON)), json!({"status": "not_ready"}));
         let text = ready(&mixed(), &view(Format::Verbose, false, vec![])).bytes;
-        assert_eq!(text, b"readyz check failed\n");
+        assert_eq!(&text[..], b"readyz check failed\n");
         assert_eq!(
             parse(&ready(&mixed(), &view(Format::HealthJson, false, vec![]))),
             json!({"status": "fail"})
@@ -446,14 +470,14 @@ mod tests {
         let body = ready(&mixed(), &view(Format::Verbose, true, vec![]));
         assert_eq!((body.status, body.content_type), (503, TEXT));
         assert_eq!(
-            String::from_utf8(body.bytes).unwrap(),
+            String::from_utf8(body.bytes.to_vec()).unwrap(),
             "[-]db failed: timed out after 500 ms\n\
              [+]cache warn: metric 0.70 <= warn 0.80 (3.4 ms)\n\
              [+]disk ok (3.4 ms)\n\
              readyz check failed\n"
         );
         let excluded = ready(&mixed(), &view(Format::Verbose, true, vec!["db"]));
-        let text = String::from_utf8(excluded.bytes).unwrap();
+        let text = String::from_utf8(excluded.bytes.to_vec()).unwrap();
         assert!(text.contains("[+]db excluded: ok\n"));
         assert!(text.ends_with("readyz check passed\n"));
     }
@@ -493,7 +517,26 @@ mod tests {
     fn draining_live_and_startup_bodies() {
         assert_eq!(parse(&draining(Format::Json)), json!({"status": "draining"}));
         assert_eq!(draining(Format::Verbose).status, 503);
-        assert_eq!(parse(&live()), json!({"status": "alive"}));
+        assert_eq!(parse(&live(None, false)), json!({"status": "alive"}));
+        assert_eq!(parse(&live(Some(3), false)), json!({"status": "alive", "loop_lag_ms": 3}));
+        let stalled_live = live(Some(6000), true);
+        assert_eq!(
+            (stalled_live.status, parse(&stalled_live)),
+            (503, json!({"status": "stalled", "loop_lag_ms": 6000}))
+        );
+        let not_ready = stalled(Format::Json, 2500);
+        assert_eq!(
+            (not_ready.status, parse(&not_ready)),
+            (503, json!({"status": "stalled", "loop_lag_ms": 2500}))
+        );
+        assert_eq!(
+            parse(&stalled(Format::HealthJson, 2500)),
+            json!({"status": "fail", "output": "event loop stalled for 2500 ms"})
+        );
+        assert_eq!(
+            &stalled(Format::Verbose, 7).bytes[..],
+            b"readyz check failed: event loop stalled for 7 ms\n"
+        );
         assert_eq!((startup(false).status, parse(&startup(false))), (503, json!({"status": "starting"})));
         assert_eq!((startup(true).status, parse(&startup(true))), (200, json!({"status": "started"})));
     }

@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 use crate::access_log::{self, AccessLog};
 use crate::cache::{Entry, Lookup, Refresh, TtlCache};
 use crate::checks::{start_round, FnProbe, Policy, Report, Subsystem};
+use crate::heartbeat::Heartbeat;
 use crate::render::{self, Body, Format, View};
 use crate::routes::{bearer_matches, route, Endpoint, Query, Route};
 use crate::subsystems::Phoenix;
@@ -126,6 +127,10 @@ pub struct Settings {
     /// The timeout of checks registered without their own.
     pub check_timeout: Duration,
     pub details: Details,
+    /// How far behind its heartbeat the serving event loop may fall before `/live` says it is stalled,
+    /// and before readiness does (smaller: a wedged worker leaves the load balancer before a restart).
+    pub live_stale: Duration,
+    pub ready_stale: Duration,
 }
 
 impl Settings {
@@ -136,11 +141,24 @@ impl Settings {
         check_timeout_ms: u64,
         details: &str,
         token: Option<String>,
+        live_stale_ms: u64,
+        ready_stale_ms: u64,
     ) -> Result<Self, String> {
-        if check_timeout_ms == 0 {
-            return Err("check_timeout_ms must be positive".to_owned());
+        for (value, name) in [
+            (check_timeout_ms, "check_timeout_ms"),
+            (live_stale_ms, "live_stale_ms"),
+            (ready_stale_ms, "ready_stale_ms"),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if ready_stale_ms > live_stale_ms {
+            return Err("ready_stale_ms must not exceed live_stale_ms".to_owned());
         }
         Ok(Self {
+            live_stale: Duration::from_millis(live_stale_ms),
+            ready_stale: Duration::from_millis(ready_stale_ms),
             health_ttl: Duration::from_millis(health_ttl_ms),
             ready_ttl: Duration::from_millis(ready_ttl_ms),
             check_timeout: Duration::from_millis(check_timeout_ms),
@@ -281,6 +299,9 @@ pub struct Service {
     /// The runtime rounds and background work run on, looked up when needed: a binding creates its
     /// runtime lazily, in the process that serves.
     runtime: Box<dyn Fn() -> Handle + Send + Sync>,
+    heartbeat: Heartbeat,
+    /// Whether a watcher reports this process's loop stalling (started by its first beat).
+    watching: AtomicBool,
     live: Arc<Response>,
     starting: Arc<Response>,
     started_up: Arc<Response>,
@@ -288,7 +309,7 @@ pub struct Service {
 
 impl Service {
     pub fn new(settings: Settings, runtime: impl Fn() -> Handle + Send + Sync + 'static) -> Arc<Self> {
-        let Settings { health_ttl, ready_ttl, check_timeout, details } = settings;
+        let Settings { health_ttl, ready_ttl, check_timeout, details, live_stale, ready_stale } = settings;
         let service = Self {
             started: Instant::now(),
             // A stale entry may be served for one more TTL while its refresh runs; past that, callers
@@ -304,7 +325,9 @@ impl Service {
             round: Mutex::new(RoundState::default()),
             access_log: OnceLock::new(),
             runtime: Box::new(runtime),
-            live: Response::new(render::live()),
+            heartbeat: Heartbeat::new(live_stale, ready_stale),
+            watching: AtomicBool::new(false),
+            live: Response::new(render::live(None, false)),
             starting: Response::new(render::startup(false)),
             started_up: Response::new(render::startup(true)),
         };
@@ -314,6 +337,10 @@ impl Service {
 
     pub fn check_timeout(&self) -> Duration {
         self.check_timeout
+    }
+
+    pub fn ready_ttl(&self) -> Duration {
+        self.ready.ttl()
     }
 
     // --- Registration and start-up -----------------------------------------------------------------
@@ -455,13 +482,36 @@ impl Service {
         };
         let response = match endpoint {
             Endpoint::Health => self.health(),
-            Endpoint::Live => Arc::clone(&self.live),
+            Endpoint::Live => self.live(),
             Endpoint::Startup if self.is_started() => Arc::clone(&self.started_up),
             Endpoint::Startup => Arc::clone(&self.starting),
             Endpoint::Ready => return Routed::Readiness(Readiness { one: None, head }),
             Endpoint::ReadyOne(name) => return Routed::Readiness(Readiness { one: Some(name), head }),
         };
         Routed::Reply(Reply { response, head })
+    }
+
+    /// The readiness of the kernel (`one` is `None`) or of one subsystem, as `/ready[/<one>]` asks,
+    /// for callers that name it otherwise (gRPC health).
+    pub fn readiness(one: Option<&str>) -> Readiness<'_> {
+        Readiness { one, head: false }
+    }
+
+    /// A readiness answer, waiting for the round in flight when nothing servable is cached.
+    pub async fn answer_ready(self: &Arc<Self>, readiness: Readiness<'_>, parts: Parts<'_>) -> Reply {
+        if let Answer::Reply(reply) = self.ready(readiness, parts) {
+            return reply;
+        }
+        let (ended, end) = tokio::sync::oneshot::channel();
+        if self
+            .when_round_ends(move || {
+                let _ = ended.send(());
+            })
+            .is_ok()
+        {
+            let _ = end.await;
+        }
+        self.ready_latest(readiness, parts)
     }
 
     /// A readiness answer from the cache, starting a round when one is due; `Wait` when nothing
@@ -507,9 +557,16 @@ impl Service {
             response: Response::new(Body {
                 status: code,
                 content_type: render::JSON,
-                bytes: render::error(code, SystemTime::now()),
+                bytes: render::error(code, SystemTime::now()).into(),
             }),
             head: false,
+        }
+    }
+
+    fn live(&self) -> Arc<Response> {
+        match self.heartbeat.worst() {
+            None => Arc::clone(&self.live),
+            Some(lag) => Response::new(render::live(Some(lag.lag_ms), self.heartbeat.live_stalled(lag))),
         }
     }
 
@@ -517,7 +574,7 @@ impl Service {
         Response::new(Body {
             status: 200,
             content_type: render::JSON,
-            bytes: render::health(self.started.elapsed(), SystemTime::now()),
+            bytes: render::health(self.started.elapsed(), SystemTime::now()).into(),
         })
     }
 
@@ -546,8 +603,13 @@ impl Service {
             return Err(self.error(400));
         }
         let format = query.format(parts.accept);
-        if self.draining() {
-            return Err(Reply { response: Response::new(render::draining(format)), head: readiness.head });
+        let refusal = if self.draining() {
+            Some(render::draining(format))
+        } else {
+            self.heartbeat.ready_stalled().map(|lag_ms| render::stalled(format, lag_ms))
+        };
+        if let Some(body) = refusal {
+            return Err(Reply { response: Response::new(body), head: readiness.head });
         }
         let details = self.details.shown_to(parts.authorization);
         Ok(ReadyRequest { one: readiness.one, head: readiness.head, query, format, details })
@@ -659,6 +721,35 @@ impl Service {
         }
     }
 
+    // --- Heartbeat ---------------------------------------------------------------------------------
+
+    /// Stamps the serving event loop's heartbeat (see `heartbeat.rs`); the first beat starts a watcher
+    /// that reports the loop stalling, once per stall.
+    pub fn beat(self: &Arc<Self>) {
+        if let Some(stalled_ms) = self.heartbeat.beat() {
+            log::info!(target: "phoenix.kernel", "event loop beats again after {stalled_ms} ms");
+        }
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            let service = Arc::downgrade(self);
+            (self.runtime)().spawn(async move {
+                let mut ticks = tokio::time::interval(crate::heartbeat::BEAT_PERIOD);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let Some(service) = service.upgrade() else { return };
+                    if let Some(lag_ms) = service.heartbeat.refresh() {
+                        log::warn!(target: "phoenix.kernel", "event loop stalled: no heartbeat for {lag_ms} ms");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Shares the heartbeat with every process serving probes on `port`, so each answers for all.
+    pub fn share_heartbeat(&self, port: u16) -> io::Result<()> {
+        self.heartbeat.share(port)
+    }
+
     // --- Request log -------------------------------------------------------------------------------
 
     /// Appends one line to the request log (see `access_log.rs`).
@@ -691,7 +782,14 @@ mod tests {
     fn service(details: Details) -> Arc<Service> {
         let rt = Handle::current();
         Service::new(
-            Settings { health_ttl: TTL, ready_ttl: TTL, check_timeout: Duration::from_millis(500), details },
+            Settings {
+                health_ttl: TTL,
+                ready_ttl: TTL,
+                check_timeout: Duration::from_millis(500),
+                details,
+                live_stale: Duration::from_secs(5),
+                ready_stale: Duration::from_secs(2),
+            },
             move || rt.clone(),
         )
     }
@@ -772,10 +870,8 @@ mod tests {
     async fn with_a_ttl_of_zero_each_request_is_answered_by_its_own_inline_round() {
         let rt = Handle::current();
         let settings = Settings {
-            health_ttl: TTL,
             ready_ttl: Duration::ZERO,
-            check_timeout: Duration::from_millis(500),
-            details: Details::Always,
+            ..Settings::from_millis(100, 0, 500, "always", None, 5000, 2000).unwrap()
         };
         let service = Service::new(settings, move || rt.clone());
         let (probe, runs) = counted(Duration::ZERO, 1.0);
@@ -929,10 +1025,14 @@ mod tests {
     }
 
     #[test]
-    fn settings_refuse_a_zero_check_timeout_and_an_unknown_mode() {
-        assert!(Settings::from_millis(0, 0, 0, "always", None).unwrap_err().contains("check_timeout_ms"));
-        assert!(Settings::from_millis(0, 0, 1, "often", None).unwrap_err().contains("often"));
-        let settings = Settings::from_millis(100, 0, 500, "never", None).unwrap();
+    fn settings_refuse_zero_timeouts_crossed_thresholds_and_an_unknown_mode() {
+        let millis =
+            |check, details, live, ready| Settings::from_millis(0, 0, check, details, None, live, ready);
+        assert!(millis(0, "always", 5000, 2000).unwrap_err().contains("check_timeout_ms"));
+        assert!(millis(1, "often", 5000, 2000).unwrap_err().contains("often"));
+        assert!(millis(1, "always", 0, 0).unwrap_err().contains("live_stale_ms"));
+        assert!(millis(1, "always", 1000, 2000).unwrap_err().contains("must not exceed live_stale_ms"));
+        let settings = Settings::from_millis(100, 0, 500, "never", None, 5000, 2000).unwrap();
         assert_eq!((settings.health_ttl, settings.details), (TTL, Details::Never));
     }
 

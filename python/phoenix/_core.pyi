@@ -14,9 +14,11 @@ __all__ = [
     "TriuneConscience",
     "WorldModel",
     "__version__",
+    "HEARTBEAT_PERIOD_S",
 ]
 
 __version__: str
+HEARTBEAT_PERIOD_S: float
 
 Response = tuple[int, list[tuple[str, str]], bytes]
 
@@ -47,7 +49,11 @@ class Core:
         check_timeout_ms: int,
         details: str,
         token: str | None,
+        live_stale_ms: int,
+        ready_stale_ms: int,
     ) -> Core: ...
+    def listen(self, host: str, port: int, request_log: bool) -> int: ...
+    def beat(self) -> None: ...
     def route(self, method: str, path: str, scope: Request) -> Response | None: ...
     def serve(self, method: str, path: str, scope: Request) -> Response | None: ...
     def ready_round(self) -> asyncio.Future[None]: ...

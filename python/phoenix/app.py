@@ -110,8 +110,9 @@ class ASGIApp:
     """A kernel as an ASGI 3 application. Mounted under a prefix, it serves ``<prefix>/health`` and
     ``<prefix>/ready``; lifespan events start the kernel's background work."""
 
-    def __init__(self, core: _core.Core, *, request_log: bool) -> None:
+    def __init__(self, core: _core.Core, *, start: Callable[[], None], request_log: bool) -> None:
         self._core = core
+        self._start_kernel = start
         self._request_log = request_log
         self._started = False
 
@@ -125,7 +126,7 @@ class ASGIApp:
             await send({"type": "websocket.close", "code": 1003})
 
     def _start(self) -> None:
-        self._core.start(None)
+        self._start_kernel()
         self._started = True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

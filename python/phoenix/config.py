@@ -135,6 +135,14 @@ KEYS: Final = (
     Key("shutdown_drain_ms", 5000, _integer, "an integer >= 0", valid=lambda n: n >= 0,
         help="On SIGTERM, how long /ready answers 503 'draining' while requests are still served, "
         "before the server shuts down, in milliseconds."),
+    Key("probe_port", None, _integer, "an integer from 0 to 65535", valid=lambda n: 0 <= n <= 65535,
+        help="TCP port of the probe listener (unset: none)."),
+    Key("probe_host", "127.0.0.1", _text, "a non-empty string", valid=bool,
+        help="Interface the probe listener binds to."),
+    Key("live_stale_ms", 5000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
+        help="How far behind its heartbeat the event loop may fall before /live answers 503, in ms."),
+    Key("ready_stale_ms", 2000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
+        help="How far behind its heartbeat the event loop may fall before readiness answers 503, in ms."),
     Key("log_level", "info", _lower, "one of " + ", ".join(LOG_LEVELS), valid=LOG_LEVELS.__contains__,
         help="Log level: " + ", ".join(LOG_LEVELS) + " (case-insensitive)."),
 )
@@ -159,6 +167,10 @@ class Settings:
     details: str | None
     token: str | None
     shutdown_drain_ms: int
+    probe_port: int | None
+    probe_host: str
+    live_stale_ms: int
+    ready_stale_ms: int
     log_level: str
     # The keys some source set, rather than left to their defaults: a served kernel's own request log and
     # drain hold unless one did.

@@ -55,13 +55,30 @@ class Kernel:
         details: str | None = DEFAULTS.details,
         token: str | None = DEFAULTS.token,
         shutdown_drain_ms: int = DEFAULTS.shutdown_drain_ms,
+        probe_port: int | None = DEFAULTS.probe_port,
+        probe_host: str = DEFAULTS.probe_host,
+        live_stale_ms: int = DEFAULTS.live_stale_ms,
+        ready_stale_ms: int = DEFAULTS.ready_stale_ms,
     ) -> None:
         # Unset details show everything until a server settles them for the address it serves on.
-        self._core = _core.Core(health_ttl_ms, ready_ttl_ms, check_timeout_ms, details or "always", token)
+        self._core = _core.Core(
+            health_ttl_ms,
+            ready_ttl_ms,
+            check_timeout_ms,
+            details or "always",
+            token,
+            live_stale_ms,
+            ready_stale_ms,
+        )
         self._details = details
         self._token = token
         self.shutdown_drain_ms = shutdown_drain_ms
         self.request_log = request_log
+        #: Where the probe listener answers (see :meth:`start`); settable until the kernel starts.
+        self.probe_port = probe_port
+        self.probe_host = probe_host
+        self._probe_address: tuple[str, int] | None = None
+        self._beating_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def details(self) -> str | None:
@@ -136,9 +153,34 @@ class Kernel:
         return self._core.subsystem_names
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Starts background work and binds the event loop for ``async def`` checks (default: the
-        running loop). Servers call this for you; it is idempotent."""
+        """Starts the kernel; servers call this for you, and it is idempotent. It starts background work,
+        binds ``loop`` (default: the running one) for ``async def`` checks and has it stamp the heartbeat
+        that ``/live`` and readiness judge it by, and starts the probe listener when ``probe_port`` is set
+        (raising :class:`PhoenixError` when the port cannot be bound)."""
         self._core.start(loop)
+        if loop is None:
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
+        if loop is not None and loop is not self._beating_loop:
+            self._beating_loop = loop
+            self._beat_on(loop)
+        if self.probe_port is not None and self._probe_address is None:
+            port = self._core.listen(self.probe_host, self.probe_port, self._request_log)
+            self._probe_address = (self.probe_host, port)
+
+    def _beat_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        beat = self._core.beat
+
+        def tick() -> None:
+            beat()
+            loop.call_later(_core.HEARTBEAT_PERIOD_S, tick)
+
+        loop.call_soon_threadsafe(tick)
+
+    @property
+    def probe_address(self) -> tuple[str, int] | None:
+        """Where the probe listener listens, once :meth:`start` has started it."""
+        return self._probe_address
 
     @property
     def initialised(self) -> bool:
@@ -190,7 +232,7 @@ class Kernel:
 
     def asgi(self) -> ASGIApp:
         """This kernel as an ASGI application, e.g. ``app.mount("/probe", kernel.asgi())``."""
-        return ASGIApp(self._core, request_log=self._request_log)
+        return ASGIApp(self._core, start=self.start, request_log=self._request_log)
 
 
 class PhoenixKernel(Kernel):

@@ -5,8 +5,9 @@ mod bridge;
 mod phoenix;
 mod probes;
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -65,6 +66,8 @@ struct Core {
     service: Arc<Service>,
     /// The loop `async def` checks run on.
     event_loop: Arc<ArcSwapOption<Py<PyAny>>>,
+    /// Where the probe listener listens, once started.
+    probe: Mutex<Option<SocketAddr>>,
 }
 
 impl Core {
@@ -130,10 +133,50 @@ impl Core {
         check_timeout_ms: u64,
         details: &str,
         token: Option<String>,
+        live_stale_ms: u64,
+        ready_stale_ms: u64,
     ) -> PyResult<Self> {
-        let settings = Settings::from_millis(health_ttl_ms, ready_ttl_ms, check_timeout_ms, details, token);
+        let settings = Settings::from_millis(
+            health_ttl_ms,
+            ready_ttl_ms,
+            check_timeout_ms,
+            details,
+            token,
+            live_stale_ms,
+            ready_stale_ms,
+        );
         let service = Service::new(settings.map_err(PyValueError::new_err)?, || runtime().handle().clone());
-        Ok(Self { service, event_loop: Arc::default() })
+        Ok(Self { service, event_loop: Arc::default(), probe: Mutex::default() })
+    }
+
+    /// Starts the probe listener on `host:port` (once: later calls return where it listens) and
+    /// returns the port it listens on.
+    fn listen(&self, py: Python<'_>, host: &str, port: u16, request_log: bool) -> PyResult<u16> {
+        let mut probe = self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(address) = *probe {
+            return Ok(address.port());
+        }
+        let cannot = |err: std::io::Error| {
+            PhoenixError::new_err(format!("cannot listen for probes on {host}:{port}: {err}"))
+        };
+        let address = (host, port).to_socket_addrs().map_err(cannot)?.next();
+        let address = address.ok_or_else(|| cannot(std::io::ErrorKind::AddrNotAvailable.into()))?;
+        let service = Arc::clone(&self.service);
+        let bound = py.detach(|| {
+            // Workers sharing a fixed port share their heartbeats too; an ephemeral port is this process's.
+            if port != 0 {
+                service.share_heartbeat(port)?;
+            }
+            crate::probe::start(service, address, request_log)
+        });
+        let bound = bound.map_err(cannot)?;
+        *probe = Some(bound);
+        Ok(bound.port())
+    }
+
+    /// Stamps the serving event loop's heartbeat: the loop calls this every `HEARTBEAT_PERIOD_S`.
+    fn beat(&self) {
+        self.service.beat();
     }
 
     /// A `(status, headers, body)`, or `None`: then await `ready_round()` and ask `route_latest`.
@@ -298,6 +341,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     py.import("atexit")?.call_method1("register", (wrap_pyfunction!(bridge::close_python_gate, m)?,))?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("HEARTBEAT_PERIOD_S", crate::heartbeat::BEAT_PERIOD.as_secs_f64())?;
     m.add("PhoenixError", py.get_type::<PhoenixError>())?;
     m.add("StoreUnavailable", py.get_type::<StoreUnavailable>())?;
     m.add("StoreError", py.get_type::<StoreError>())?;
