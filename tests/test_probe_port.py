@@ -178,32 +178,6 @@ def test_http2_prior_knowledge_with_httpx(serve: Any) -> None:
         assert (post.status_code, post.headers["allow"]) == (405, "GET, HEAD")
 
 
-def h2_get(port: int, path: str) -> httpx.Response:
-    with httpx.Client(http1=False, http2=True, timeout=10) as client:
-        return client.get(f"http://127.0.0.1:{port}{path}")
-
-
-def test_http2_on_the_main_port_too(serve: Any, curl: str) -> None:
-    # The main port speaks HTTP/2 only: the fixture's HTTP/1.1 wait cannot tell when it serves.
-    main, probe = serve_with_probe_port(serve, "--app", "tests.apps:empty", "--http", "2", wait=False)
-
-    def main_answers() -> bool:
-        with contextlib.suppress(httpx.TransportError):
-            return h2_get(main.port, "/health").status_code == 200
-        return False
-
-    wait_until(main_answers, what="the main port to answer over HTTP/2", server=main)
-    for server in (main, probe):
-        health = h2_get(server.port, "/health")
-        assert (health.http_version, health.status_code) == ("HTTP/2", 200), server.port
-        done = subprocess.run(
-            [curl, "-sS", "-o", "/dev/null", "--http2-prior-knowledge", "-w", "%{http_version} %{http_code}",
-             f"http://127.0.0.1:{server.port}/ready"],
-            capture_output=True, timeout=30, check=True,
-        )  # fmt: skip
-        assert done.stdout == b"2 200", (server.port, done.stderr)
-
-
 # -- bad requests ------------------------------------------------------------------------------------
 
 
