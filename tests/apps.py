@@ -377,7 +377,7 @@ def stalling() -> Kernel:
 def _burn_cpu() -> int:
     """About 20-50 ms of pure-Python work, holding the GIL all along."""
     total = 0
-    for i in range(100_000):
+    for i in range(500_000):
         total += i * i
     return total
 
