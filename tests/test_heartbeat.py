@@ -1,7 +1,7 @@
 """End to end, the issue's stall test: an ``async def`` check blocks the served event loop with
-``time.sleep(3)``. Meanwhile the probe port answers at once while the main port hangs, ``/live`` and
-``/ready`` say the loop is stalled, and both ports recover afterwards; with two workers, the wedged
-one cannot hide behind the healthy one."""
+``time.sleep(3)``. Meanwhile the probe port answers at once while the main port hangs, ``/live``,
+``/ready`` and gRPC health say the loop is stalled, and both ports recover afterwards; with two workers,
+the wedged one cannot hide behind the healthy one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from .conftest import Response, Server, serve_with_probe_port, wait_until
+from .test_grpc_health import check, health_client
 
 # Both ports get the same short client timeout during the stall: the probe port answers within it,
 # the main port (its event loop wedged for 3 s) cannot.
@@ -107,11 +108,15 @@ def test_a_stalled_loop_is_seen_on_the_probe_port_and_recovers(serve: Any, tmp_p
     wait_for(probe, "/ready", lambda r: is_stalled(r, READY_STALE_MS), "/ready to say stalled")
     pid = stalled_pids(main)[0]
     wait_for(probe, f"/ready/pid_{pid}", lambda r: is_stalled(r, READY_STALE_MS), "/ready/<name> stalled")
+    with health_client(probe) as stub:
+        assert check(stub, "") == "NOT_SERVING"
 
     trigger.join()
     for server in (probe, main):
         wait_for(server, "/live", is_alive, "/live to recover")
         wait_for(server, "/ready", lambda r: r.status == 200, "/ready to recover")
+    with health_client(probe) as stub:
+        assert check(stub, "") == "SERVING"
     wait_until(lambda: BEATS_LOG.search(main.logs()), what="the recovery to be logged", server=main)
     logs = main.logs()
     assert len(STALLED_LOG.findall(logs)) == 1, logs
