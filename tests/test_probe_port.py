@@ -256,3 +256,16 @@ def test_two_workers_share_the_probe_port(serve: Any) -> None:
     # Each request is a new connection: the kernel spreads them over both workers' listeners.
     wait_until(both_answered, what="both workers to answer on the probe port", server=main)
     assert seen == set(main.worker_pids())
+
+
+def test_another_server_cannot_take_a_probe_port_in_use(serve: Any) -> None:
+    """SO_REUSEPORT lets a server's workers share the port; it must not let a second, unrelated server
+    join them, or the kubelet's probes would be answered by whichever server the kernel picks."""
+    first, probe = serve_with_probe_port(serve, "--app", "tests.apps:worker_pid")
+    (first_worker,) = first.worker_pids()
+    second: Server = serve("--app", "tests.apps:worker_pid", "--probe-port", str(probe.port), wait=False)
+    assert second.exit_status() != 0, second.logs()
+    assert f"cannot listen for probes on 127.0.0.1:{probe.port}" in second.logs()
+    for _ in range(20):  # fresh connections: all answered by the first server
+        (name,) = probe.request("/ready").json()["subsystems"]
+        assert name == f"pid_{first_worker}"
