@@ -117,6 +117,22 @@ def test_public_details_on_a_non_loopback_host_are_warned_about(caplog: pytest.L
     assert "details = 'always'" in record.getMessage()
 
 
+def test_unset_details_stay_hidden_when_the_probe_port_reaches_beyond_loopback() -> None:
+    from phoenix import Kernel
+    from phoenix.cli import details_in_force, exposed_host
+
+    on_loopback = Kernel(probe_port=5002)
+    assert details_in_force(on_loopback, exposed_host(on_loopback, "127.0.0.1"))[0] == "always"
+    probes_beyond = Kernel(probe_port=5002, probe_host="0.0.0.0")
+    assert exposed_host(probes_beyond, "127.0.0.1") == "0.0.0.0"
+    mode, line = details_in_force(probes_beyond, exposed_host(probes_beyond, "127.0.0.1"))
+    assert mode == "never"
+    assert "0.0.0.0" in line
+    # Without a probe port, its host exposes nothing.
+    no_probes = Kernel(probe_host="0.0.0.0")
+    assert exposed_host(no_probes, "127.0.0.1") == "127.0.0.1"
+
+
 # --- the settings a served kernel runs with ----------------------------------------------------------
 
 

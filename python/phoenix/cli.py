@@ -15,7 +15,6 @@ import ctypes
 import functools
 import http.client
 import importlib
-import ipaddress
 import itertools
 import json
 import logging
@@ -27,7 +26,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from .config import KEYS, ConfigError, Settings, load_settings
+from .config import KEYS, ConfigError, Settings, is_loopback, load_settings
 from .kernel import DRAIN_SIGNAL, Kernel, default_kernel
 from .log import configure, dictconfig
 
@@ -100,24 +99,23 @@ def served_kernel(settings: Settings) -> Kernel:
 def worker_kernel(settings: Settings) -> Kernel:
     """Granian's kernel loader, called in each worker: the served kernel, its details settled."""
     kernel = served_kernel(settings)
-    mode, _start_up_line = details_in_force(kernel, settings.host)  # the parent logs the line
+    mode, _start_up_line = details_in_force(kernel, exposed_host(kernel, settings.host))  # the parent logs it
     kernel.details = mode
     return kernel
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def exposed_host(kernel: Kernel, host: str) -> str:
+    """Of the main port's ``host`` and the kernel's probe host (when it has a probe port), the one that
+    reaches furthest: the details policy must hold on both ports."""
+    if kernel.probe_port is not None and is_loopback(host) and not is_loopback(kernel.probe_host):
+        return kernel.probe_host
+    return host
 
 
 def details_in_force(kernel: Kernel, host: str) -> tuple[str, str]:
     """The details mode of ``kernel`` served on ``host``, and the start-up line saying which and why.
     Unset details are shown on loopback only: beyond it, anyone who can reach the port would see them."""
-    if kernel.details is None and _is_loopback(host):
+    if kernel.details is None and is_loopback(host):
         return "always", f"readiness details: full (details unset and serving on {host}, loopback)"
     if kernel.details is None:
         return "never", (
@@ -137,7 +135,7 @@ def _address(host: str, port: int) -> str:
 
 
 def warn_if_details_public(kernel: Kernel, host: str) -> None:
-    if kernel.details == "always" and not _is_loopback(host):
+    if kernel.details == "always" and not is_loopback(host):
         _log.warning(
             "serving on %s with details = 'always': subsystems, metrics and errors are visible to "
             "anyone who can reach it; consider details = 'token'",
@@ -257,8 +255,9 @@ def _serve(settings: Settings) -> int:
         # Both listeners bind with SO_REUSEPORT, so the kernel would split connections between them.
         raise ConfigError(f"invalid value for probe_port: {settings.port} is the main port (port) too")
     configure(settings.log_level)
-    _log.info("%s", details_in_force(kernel, settings.host)[1])
-    warn_if_details_public(kernel, settings.host)
+    exposed = exposed_host(kernel, settings.host)
+    _log.info("%s", details_in_force(kernel, exposed)[1])
+    warn_if_details_public(kernel, exposed)
     if kernel.probe_port is not None:
         # Each worker opens the listener when its kernel starts; a port of 0 is chosen there.
         shown = _address(kernel.probe_host, kernel.probe_port)

@@ -14,6 +14,7 @@ before the Rust extension is built).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import keyword
 import os
 import re
@@ -191,6 +192,16 @@ class Settings:
     # The keys some source set, rather than left to their defaults: a served kernel's own request log,
     # drain and probe listener hold unless one did.
     explicit: frozenset[str] = frozenset()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether serving on ``host`` reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _settings(values: Mapping[str, object]) -> Settings:
