@@ -62,7 +62,15 @@ class Core(Protocol):
 def make_core(impl: str, *, health_ttl_ms: int = 100, ready_ttl_ms: int = 100, pings: int = 0) -> Core:
     core: Core
     if impl == "phoenix":
-        core = _core.Core(health_ttl_ms, ready_ttl_ms, DEFAULTS.check_timeout_ms, "always", None)
+        core = _core.Core(
+            health_ttl_ms,
+            ready_ttl_ms,
+            DEFAULTS.check_timeout_ms,
+            "always",
+            None,
+            DEFAULTS.live_stale_ms,
+            DEFAULTS.ready_stale_ms,
+        )
     else:
         core = PurePythonCore(health_ttl_ms, ready_ttl_ms)
     for i in range(pings):

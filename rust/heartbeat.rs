@@ -25,12 +25,13 @@ const BEAT_PERIOD_MS: u64 = BEAT_PERIOD.as_millis() as u64;
 const SLOTS: usize = 64;
 
 /// One process's heartbeat. `owner` names the process (pid and start time, so a reused pid is not
-/// taken for the process that died); `beat_ms` is its newest stamp on the system-wide monotonic
-/// clock, 0 before the first. Both are atomics, so they work the same on the heap and in a shared
-/// mapping.
+/// taken for the process that died) and `server` its parent, the server whose workers share a board;
+/// `beat_ms` is its newest stamp on the system-wide monotonic clock, 0 before the first. All are
+/// atomics, so they work the same on the heap and in a shared mapping.
 #[repr(C)]
 struct Slot {
     owner: AtomicU64,
+    server: AtomicU64,
     beat_ms: AtomicU64,
 }
 
@@ -47,13 +48,18 @@ struct Board {
 
 impl Board {
     fn own() -> Self {
-        let slot = Slot { owner: AtomicU64::new(this_process()), beat_ms: AtomicU64::new(0) };
+        let slot = Slot {
+            owner: AtomicU64::new(this_process()),
+            server: AtomicU64::new(0),
+            beat_ms: AtomicU64::new(0),
+        };
         Self { memory: Memory::Own(Box::new(slot)), mine: 0 }
     }
 
-    /// Opens (or creates) the shared board at `path` and claims a slot in it: a free one, or one whose
-    /// process has gone.
-    fn shared(path: &Path) -> io::Result<Self> {
+    /// Opens (or creates) the shared board at `path` and claims a slot in it (a free one, or one whose
+    /// process has gone) for a worker of `server`. Refuses when a live process of another server holds
+    /// a slot: it serves probes on the same port, and the two would split the probes between them.
+    fn shared(path: &Path, server: u64) -> io::Result<Self> {
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         let size = (SLOTS * size_of::<Slot>()) as u64;
@@ -76,7 +82,21 @@ impl Board {
             .ok_or_else(|| {
                 io::Error::other(format!("all {SLOTS} heartbeat slots of {} are taken", path.display()))
             })?;
-        board.slots()[board.mine].beat_ms.store(0, Ordering::Release);
+        let mine = board.mine();
+        mine.beat_ms.store(0, Ordering::Release);
+        mine.server.store(server, Ordering::Release);
+        let foreign = board.slots().iter().find(|slot| {
+            let (owner, other) = (slot.owner.load(Ordering::Acquire), slot.server.load(Ordering::Acquire));
+            other != 0 && other != server && is_alive(owner)
+        });
+        if let Some(slot) = foreign {
+            mine.owner.store(0, Ordering::Release);
+            let pid = slot.owner.load(Ordering::Acquire) >> 32;
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another server (process {pid}) already serves probes there"),
+            ));
+        }
         Ok(board)
     }
 
@@ -136,8 +156,12 @@ impl Heartbeat {
             return Ok(());
         }
         let path = board_path(port);
-        let board =
-            Board::shared(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        // The workers of one server are the children of one process.
+        let server = owner_of(std::os::unix::process::parent_id()).unwrap_or(u64::MAX);
+        let board = Board::shared(&path, server).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => e,
+            kind => io::Error::new(kind, format!("{}: {e}", path.display())),
+        })?;
         board.mine().beat_ms.store(self.own.mine().beat_ms.load(Ordering::Acquire), Ordering::Release);
         let _ = self.shared.set(board);
         self.refresh();
@@ -186,7 +210,13 @@ impl Heartbeat {
         beats.map(|beat| lag(now, beat)).max().map(|lag_ms| LoopLag { lag_ms })
     }
 
-    /// `Some(lag)` when the worst loop is stalled past the liveness threshold.
+    /// Makes this process's loop look `lag_ms` behind, for tests of what depends on it.
+    #[cfg(test)]
+    pub(crate) fn fall_behind(&self, lag_ms: u64) {
+        self.board().mine().beat_ms.store(now_ms() - lag_ms - BEAT_PERIOD_MS, Ordering::Release);
+    }
+
+    /// Whether the worst loop, `lag` behind, is stalled past the liveness threshold.
     pub fn live_stalled(&self, lag: LoopLag) -> bool {
         lag.lag_ms > self.live_stale_ms
     }
@@ -270,13 +300,12 @@ mod tests {
     #[test]
     fn a_stale_stamp_is_stalled_for_readiness_then_liveness_and_each_transition_is_reported_once() {
         let heartbeat = heartbeat();
-        let now = now_ms();
         // A stamp 3 s old: past readiness' 2 s, within liveness' 5 s.
-        heartbeat.own.mine().beat_ms.store(now - 3_000 - BEAT_PERIOD_MS, Ordering::Release);
+        heartbeat.fall_behind(3_000);
         assert!(heartbeat.ready_stalled().is_some_and(|lag| lag >= 3_000));
         assert!(!heartbeat.live_stalled(heartbeat.worst().unwrap()));
         assert_eq!(heartbeat.refresh(), None, "not stalled for liveness: nothing to report");
-        heartbeat.own.mine().beat_ms.store(now - 6_000 - BEAT_PERIOD_MS, Ordering::Release);
+        heartbeat.fall_behind(6_000);
         assert!(heartbeat.live_stalled(heartbeat.worst().unwrap()));
         assert!(heartbeat.refresh().is_some_and(|lag| lag >= 6_000), "the stall is reported");
         assert_eq!(heartbeat.refresh(), None, "and only once");
@@ -291,9 +320,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("board");
         let _ = std::fs::remove_file(&path);
-        let first = Board::shared(&path).unwrap();
-        // A second claim by this same (live) process takes another slot.
-        let second = Board::shared(&path).unwrap();
+        let first = Board::shared(&path, 7).unwrap();
+        // A second claim by a worker of the same server (here, this same live process) takes another slot.
+        let second = Board::shared(&path, 7).unwrap();
         assert_ne!(first.mine, second.mine);
         let heartbeat = heartbeat();
         let _ = heartbeat.shared.set(first);
@@ -309,8 +338,14 @@ mod tests {
         heartbeat.refresh();
         assert_eq!(heartbeat.siblings.load(Ordering::Acquire), 0);
         assert_eq!(heartbeat.ready_stalled(), None);
-        let third = Board::shared(&path).unwrap();
+        let third = Board::shared(&path, 7).unwrap();
         assert_eq!(third.mine, second.mine);
+        // A worker of another server is refused while one of this server's lives, and claims nothing.
+        let refused = Board::shared(&path, 8).err().expect("another server's worker is refused");
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse);
+        let claimed =
+            |board: &Board| board.slots().iter().filter(|s| s.owner.load(Ordering::Acquire) != 0).count();
+        assert_eq!(claimed(&third), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -940,6 +940,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_stalled_loop_makes_readiness_then_liveness_fail_until_it_beats_again() {
+        let service = service(Details::Always);
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
+        assert_eq!(
+            json(&get(&service, "/live", Parts::default()).unwrap()),
+            serde_json::json!({"status": "alive"})
+        );
+        service.beat();
+        assert_eq!(get(&service, "/ready", Parts::default()).unwrap().status(), 200);
+        // Behind by 3 s: past readiness' 2 s, within liveness' 5 s.
+        service.heartbeat.fall_behind(3_000);
+        let ready = get(&service, "/ready", Parts::default()).unwrap();
+        assert_eq!((ready.status(), json(&ready)["status"].clone()), (503, serde_json::json!("stalled")));
+        assert!(json(&ready)["loop_lag_ms"].as_u64().unwrap() >= 3_000);
+        assert_eq!(get(&service, "/ready/db", Parts::default()).unwrap().status(), 503);
+        assert_eq!(get(&service, "/live", Parts::default()).unwrap().status(), 200);
+        service.heartbeat.fall_behind(6_000);
+        let live = get(&service, "/live", Parts::default()).unwrap();
+        assert_eq!((live.status(), json(&live)["status"].clone()), (503, serde_json::json!("stalled")));
+        assert_eq!(
+            get(&service, "/health", Parts::default()).unwrap().status(),
+            200,
+            "health never waits on the loop"
+        );
+        service.beat();
+        assert_eq!(get(&service, "/live", Parts::default()).unwrap().status(), 200);
+        assert_eq!(get(&service, "/ready", Parts::default()).unwrap().status(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn details_are_shown_as_the_policy_says() {
         let service = service(Details::Token("s3cret".to_owned()));
         service.add(check("db", counted(Duration::ZERO, 0.0).0)).unwrap();

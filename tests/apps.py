@@ -345,3 +345,75 @@ def slow_rsgi_init() -> Kernel:
     """Takes 1.5 s in ``__rsgi_init__`` (after Granian has installed the worker's signal handlers,
     before its event loop runs), after recording ``starting``."""
     return _SlowStartKernel()
+
+
+# Apps for issue 9: the probe port, the event-loop heartbeat, gRPC health, a mounted kernel.
+
+STALL_S = 3.0
+
+
+def stalling() -> Kernel:
+    """Wedges its event loop for 3 s, as an ``async def`` check with a blocking call does, in the one
+    check run that finds (and removes) the file ``$PHOENIX_TEST_STALL``: the test decides when, and
+    with several workers only the worker whose check took the file stalls. Heartbeat thresholds are
+    small (live 1 s, ready 0.5 s); ``/ready/pid_<pid>`` names each worker."""
+    kernel = Kernel(ready_ttl_ms=0, live_stale_ms=1000, ready_stale_ms=500, request_log=False)
+    flag = os.environ.get("PHOENIX_TEST_STALL", "")
+
+    @kernel.subsystem("stall", threshold=0.5)
+    async def stall() -> bool:
+        try:
+            os.remove(flag)  # atomic: one run, in one process, gets it
+        except FileNotFoundError:
+            return True
+        _record(f"stall:{os.getpid()}")
+        time.sleep(STALL_S)  # noqa: ASYNC251 (the point: a blocking call on the event loop)
+        return True
+
+    kernel.subsystem(f"pid_{os.getpid()}", threshold=0.5)(lambda: True)
+    return kernel
+
+
+def _burn_cpu() -> int:
+    """About 20-50 ms of pure-Python work, holding the GIL all along."""
+    total = 0
+    for i in range(500_000):
+        total += i * i
+    return total
+
+
+def fastapi_app() -> object:
+    """A FastAPI app with Phoenix mounted under /probe, and the kernel's own probe port
+    (``$PHOENIX_TEST_PROBE_PORT``). ``/cpu`` burns CPU on the app's event loop, as a busy endpoint
+    does. With ``$PHOENIX_TEST_START_HOOK`` set, the app's own start-up hook calls ``kernel.start()``;
+    without it, the mount starts the kernel on its first request."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from fastapi import FastAPI
+
+    kernel = Kernel(probe_port=int(os.environ["PHOENIX_TEST_PROBE_PORT"]))
+    kernel.add_ping()
+
+    # A plain function runs on a thread of its own: it does not wait for the busy event loop.
+    @kernel.subsystem("db", threshold=0.5)
+    def db() -> float:
+        return 0.9
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        kernel.start()
+        yield
+
+    app = FastAPI(lifespan=lifespan if os.environ.get("PHOENIX_TEST_START_HOOK") else None)
+
+    @app.get("/")
+    async def home() -> dict[str, str]:
+        return {"home": "yes"}
+
+    @app.get("/cpu")
+    async def cpu() -> dict[str, int]:
+        return {"total": _burn_cpu()}
+
+    app.mount("/probe", kernel.asgi())
+    return app

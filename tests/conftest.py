@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import os
 import re
@@ -115,6 +116,10 @@ class Server:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def on_port(self, port: int) -> Server:
+        """The same server, asked on another of its ports (its probe port)."""
+        return dataclasses.replace(self, port=port)
+
     def runs(self) -> list[str]:
         return self.runs_path.read_text().split() if self.runs_path.exists() else []
 
@@ -175,6 +180,30 @@ def phoenix_env(*, suite_defaults: bool = True, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def curl() -> str:
+    from .debian import ensure_command
+
+    return ensure_command("curl", "curl")
+
+
+@pytest.fixture(scope="session")
+def wrk() -> str:
+    from .debian import ensure_command
+
+    return ensure_command("wrk", "wrk")
+
+
+def serve_with_probe_port(serve: Any, *args: str, **options: Any) -> tuple[Server, Server]:
+    """``serve(*args, "--probe-port", P, **options)`` on a free loopback port P; returns the server
+    seen on its main port and on its probe port, once both answer ``/health``."""
+    probe_port = free_port()
+    server: Server = serve(*args, "--probe-port", str(probe_port), **options)
+    probe = server.on_port(probe_port)
+    wait_until_serving(probe)
+    return server, probe
 
 
 @pytest.fixture

@@ -52,6 +52,14 @@ def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str)
         (["--app", "json:dumps"], {}, ["app", "calling 'json:dumps' failed: TypeError"]),
         (["--app", "tests.apps:_never"], {}, ["app", "not a phoenix.Kernel"]),
         (["--workers", "2"], {}, ["workers", "one process"]),
+        (["--probe-port", "70000"], {}, ["probe_port", "command line"]),
+        (["--probe-host", ""], {}, ["probe_host", "command line"]),
+        (["--http", "3"], {}, ["http", "command line", "one of auto, 1, 2"]),
+        ([], {"PHOENIX_HTTP": "h2c"}, ["http", "PHOENIX_HTTP"]),
+        ([], {"PHOENIX_READY_STALE_MS": "6000"}, ["ready_stale_ms", "live_stale_ms"]),
+        ([], {"PHOENIX_LIVE_STALE_MS": "0"}, ["live_stale_ms", "PHOENIX_LIVE_STALE_MS"]),
+        (["--app", "tests.apps:empty", "--workers", "2", "--probe-port", "0"], {}, ["probe_port", "worker"]),
+        (["--port", "5999", "--probe-port", "5999"], {}, ["probe_port", "5999 is the main port"]),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(
@@ -109,7 +117,89 @@ def test_public_details_on_a_non_loopback_host_are_warned_about(caplog: pytest.L
     assert "details = 'always'" in record.getMessage()
 
 
+def test_unset_details_stay_hidden_when_the_probe_port_reaches_beyond_loopback() -> None:
+    from phoenix import Kernel
+    from phoenix.cli import details_in_force, exposed_host
+
+    on_loopback = Kernel(probe_port=5002)
+    assert details_in_force(on_loopback, exposed_host(on_loopback, "127.0.0.1"))[0] == "always"
+    probes_beyond = Kernel(probe_port=5002, probe_host="0.0.0.0")
+    assert exposed_host(probes_beyond, "127.0.0.1") == "0.0.0.0"
+    mode, line = details_in_force(probes_beyond, exposed_host(probes_beyond, "127.0.0.1"))
+    assert mode == "never"
+    assert "0.0.0.0" in line
+    # Without a probe port, its host exposes nothing.
+    no_probes = Kernel(probe_host="0.0.0.0")
+    assert exposed_host(no_probes, "127.0.0.1") == "127.0.0.1"
+
+
 # --- the settings a served kernel runs with ----------------------------------------------------------
+
+
+def test_the_default_kernel_is_built_with_the_probe_and_heartbeat_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phoenix import cli
+    from phoenix.config import load_settings
+    from phoenix.kernel import default_kernel
+
+    options: dict[str, Any] = {}
+
+    def recording(data_dir: Any, **given: Any) -> Any:
+        options.update(given)
+        return default_kernel(data_dir, **given)
+
+    monkeypatch.setattr(cli, "default_kernel", recording)
+    env = {"PHOENIX_PROBE_HOST": "127.0.0.2", "PHOENIX_LIVE_STALE_MS": "900", "PHOENIX_READY_STALE_MS": "400"}
+    settings = load_settings(cli={"data_dir": tmp_path / "data", "probe_port": "9101"}, env=env)
+
+    kernel = cli.served_kernel(settings)
+
+    assert (kernel.probe_port, kernel.probe_host) == (9101, "127.0.0.2")
+    assert {name: options[name] for name in ("live_stale_ms", "ready_stale_ms")} == {
+        "live_stale_ms": 900,
+        "ready_stale_ms": 400,
+    }
+    assert cli.served_kernel(load_settings(cli={"data_dir": tmp_path / "other"}, env={})).probe_port is None
+
+
+PROBED = """
+    from phoenix import Kernel
+
+    def kernel():
+        return Kernel(probe_port=9201, probe_host="127.0.0.3")
+"""
+
+
+def test_an_apps_own_probe_listener_holds_unless_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phoenix.cli import served_kernel
+    from phoenix.config import load_settings
+
+    (tmp_path / "probed_app.py").write_text(textwrap.dedent(PROBED))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def probe_address(cli: dict[str, object], env: dict[str, str]) -> tuple[object, object]:
+        kernel = served_kernel(load_settings(cli={"app": "probed_app:kernel", **cli}, env=env))
+        return kernel.probe_port, kernel.probe_host
+
+    assert probe_address({}, {}) == (9201, "127.0.0.3")
+    assert probe_address({"probe_port": "9202"}, {}) == (9202, "127.0.0.3")
+    assert probe_address({}, {"PHOENIX_PROBE_HOST": "127.0.0.4"}) == (9201, "127.0.0.4")
+    # Set to its default, it is still set: the kernel's own value gives way.
+    assert probe_address({}, {"PHOENIX_PROBE_HOST": "127.0.0.1"}) == (9201, "127.0.0.1")
+
+
+def test_serve_opens_the_probe_listener_and_says_where(serve: Any) -> None:
+    probe_port = free_port()
+    server = serve("--probe-port", str(probe_port))
+
+    probe = Server(server.proc, probe_port, server.log_path, server.runs_path, server.data_dir)
+    wait_until_serving(probe, "/health")
+
+    assert probe.request("/health").json()["status"] == "healthy"
+    assert f"probes on 127.0.0.1:{probe_port}" in server.logs()
 
 
 def _serve_app(serve: Any, tmp_path: Path, source: str, *args: str, **env: str) -> Server:
@@ -241,6 +331,21 @@ def test_check_asks_the_server_that_holds_the_store(serve: Any, tmp_path: Path) 
     report = json.loads(result.stdout)
     assert report["status"] == "ready"
     assert set(report["subsystems"]) == {"plastic_ltm", "triune_conscience", "world_model"}
+    assert "already open" not in result.stdout + result.stderr
+
+
+def test_check_asks_the_probe_listener_when_one_is_configured(serve: Any, tmp_path: Path) -> None:
+    """Nothing listens at the main port the check is given: had it asked there, it would have built the
+    kernel itself and found the store held by the server ("already open")."""
+    probe_port = free_port()
+    server = serve("--probe-port", str(probe_port))
+    wait_until_serving(server, "/ready")
+    env = {"PHOENIX_PORT": str(free_port()), "PHOENIX_PROBE_PORT": str(probe_port)}
+
+    result = phoenix("check", "--data-dir", str(server.data_dir), cwd=tmp_path, env=env)
+
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["status"] == "ready"
     assert "already open" not in result.stdout + result.stderr
 
 

@@ -79,11 +79,16 @@ def test_defaults_when_no_source_gives_a_value() -> None:
     assert settings.app is None
     assert settings.host == "127.0.0.1"
     assert settings.port == 5001
+    assert settings.http == "1"
     assert settings.workers == 1
+    assert settings.probe_port is None
+    assert settings.probe_host == "127.0.0.1"
     assert settings.data_dir == Path("phoenix-data")
     assert settings.health_ttl_ms == 100
     assert settings.ready_ttl_ms == 100
     assert settings.check_timeout_ms == 500
+    assert settings.live_stale_ms == 5000
+    assert settings.ready_stale_ms == 2000
     assert settings.request_log is True
     assert settings.details is None
     assert settings.token is None
@@ -154,6 +159,10 @@ def test_kernel_defaults_are_the_tables() -> None:
         "details",
         "token",
         "shutdown_drain_ms",
+        "probe_port",
+        "probe_host",
+        "live_stale_ms",
+        "ready_stale_ms",
     ]
     assert {name: kernel[name].default for name in options} == {
         name: getattr(DEFAULTS, name) for name in options
@@ -538,6 +547,82 @@ def test_settings_survive_pickling_for_spawned_workers() -> None:
     settings = load_settings(env={"PHOENIX_DETAILS": "token", "PHOENIX_TOKEN": "s3cret", "PHOENIX_PORT": "0"})
 
     assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+# --- the probe listener, the heartbeat and HTTP/2 -------------------------------------------------------
+
+
+def test_probe_heartbeat_and_http_keys_from_every_source(tmp_path: Path) -> None:
+    toml = _write(
+        tmp_path / "conf.toml",
+        '[phoenix]\nprobe_port = 9101\nprobe_host = "0.0.0.0"\nlive_stale_ms = 8000\n'
+        'ready_stale_ms = 3000\nhttp = "auto"\n',
+    )
+    env = {"PHOENIX_PROBE_PORT": "9102", "PHOENIX_LIVE_STALE_MS": "7000", "PHOENIX_HTTP": "2"}
+
+    from_file = load_settings(env={}, config_file=toml)
+    from_env = load_settings(env=env, config_file=toml)
+    from_cli = load_settings(cli={"probe_port": "9103", "http": "1"}, env=env, config_file=toml)
+
+    assert (from_file.probe_port, from_file.probe_host, from_file.http) == (9101, "0.0.0.0", "auto")
+    assert (from_file.live_stale_ms, from_file.ready_stale_ms) == (8000, 3000)
+    assert (from_env.probe_port, from_env.live_stale_ms, from_env.http) == (9102, 7000, "2")
+    assert (from_cli.probe_port, from_cli.http) == (9103, "1")
+    assert from_cli.explicit >= {"probe_port", "probe_host", "live_stale_ms", "ready_stale_ms", "http"}
+
+
+@pytest.mark.parametrize("port", [0, 65535])
+def test_probe_port_bounds_are_accepted(port: int) -> None:
+    assert load_settings(env={"PHOENIX_PROBE_PORT": str(port)}).probe_port == port
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "expect"),
+    [
+        ("PHOENIX_PROBE_PORT", "70000", "an integer from 0 to 65535"),
+        ("PHOENIX_PROBE_PORT", "-1", "an integer from 0 to 65535"),
+        ("PHOENIX_PROBE_PORT", "", "an integer from 0 to 65535"),
+        ("PHOENIX_PROBE_HOST", "", "a non-empty string"),
+        ("PHOENIX_LIVE_STALE_MS", "0", "an integer >= 1"),
+        ("PHOENIX_READY_STALE_MS", "0", "an integer >= 1"),
+        ("PHOENIX_READY_STALE_MS", "1.5", "an integer >= 1"),
+        ("PHOENIX_HTTP", "3", "one of auto, 1, 2"),
+        ("PHOENIX_HTTP", "h2", "one of auto, 1, 2"),
+        ("PHOENIX_HTTP", "", "one of auto, 1, 2"),
+    ],
+)
+def test_bad_probe_heartbeat_or_http_value_names_the_key(variable: str, raw: str, expect: str) -> None:
+    key = variable.removeprefix("PHOENIX_").lower()
+
+    message = _error(lambda: load_settings(env={variable: raw}))
+
+    assert message == f"invalid value for {key} (from {variable}): expected {expect}, got {raw!r}"
+
+
+def test_http_mode_is_case_insensitive_and_a_toml_integer_will_do(tmp_path: Path) -> None:
+    assert load_settings(env={"PHOENIX_HTTP": "AUTO"}).http == "auto"
+    assert load_settings(env={}, config_file=_write(tmp_path / "a.toml", "http = 2\n")).http == "2"
+    assert load_settings(cli={"http": 1}, env={}).http == "1"
+    bad = _write(tmp_path / "b.toml", "http = 3\n")
+    assert _error(lambda: load_settings(env={}, config_file=bad)).endswith(
+        "expected one of auto, 1, 2, got 3"
+    )
+    boolean = _write(tmp_path / "c.toml", "http = true\n")
+    assert _error(lambda: load_settings(env={}, config_file=boolean)).startswith("invalid value for http ")
+
+
+def test_readiness_stalls_no_later_than_liveness() -> None:
+    equal = load_settings(env={"PHOENIX_LIVE_STALE_MS": "3000", "PHOENIX_READY_STALE_MS": "3000"})
+    assert (equal.live_stale_ms, equal.ready_stale_ms) == (3000, 3000)
+
+    above_default = _error(lambda: load_settings(env={"PHOENIX_READY_STALE_MS": "6000"}))
+    below_ready = _error(lambda: load_settings(cli={"live_stale_ms": 1000}, env={}))
+
+    assert above_default == (
+        "invalid value for ready_stale_ms: 6000 is above live_stale_ms (5000); "
+        "readiness must fail before liveness"
+    )
+    assert "ready_stale_ms: 2000 is above live_stale_ms (1000)" in below_ready
 
 
 def test_details_token_needs_a_token() -> None:

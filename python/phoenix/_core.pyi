@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Protocol, final
 
 __all__ = [
+    "HEARTBEAT_PERIOD_S",
     "Core",
     "PhoenixError",
     "PlasticLtm",
@@ -14,7 +15,6 @@ __all__ = [
     "TriuneConscience",
     "WorldModel",
     "__version__",
-    "HEARTBEAT_PERIOD_S",
 ]
 
 __version__: str

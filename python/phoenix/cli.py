@@ -15,7 +15,6 @@ import ctypes
 import functools
 import http.client
 import importlib
-import ipaddress
 import itertools
 import json
 import logging
@@ -27,7 +26,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from .config import KEYS, ConfigError, Settings, load_settings
+from .config import KEYS, ConfigError, Settings, is_loopback, load_settings
 from .kernel import DRAIN_SIGNAL, Kernel, default_kernel
 from .log import configure, dictconfig
 
@@ -52,6 +51,10 @@ def load_kernel(settings: Settings) -> Kernel:
             details=settings.details,
             token=settings.token,
             shutdown_drain_ms=settings.shutdown_drain_ms,
+            probe_port=settings.probe_port,
+            probe_host=settings.probe_host,
+            live_stale_ms=settings.live_stale_ms,
+            ready_stale_ms=settings.ready_stale_ms,
         )
     module_name, _, attr_path = settings.app.partition(":")
     try:
@@ -79,37 +82,40 @@ def load_kernel(settings: Settings) -> Kernel:
 
 def served_kernel(settings: Settings) -> Kernel:
     """The kernel ``phoenix serve`` runs, built once in the parent (to fail early and to learn its drain)
-    and again in each worker. Its own request log and drain hold unless the command line, environment or
-    config file sets them; its other settings shape the default kernel only."""
+    and again in each worker. Its own request log, drain and probe listener hold unless the command line,
+    environment or config file sets them; its other settings shape the default kernel only."""
     kernel = load_kernel(settings)
     if "request_log" in settings.explicit:
         kernel.request_log = settings.request_log
     if "shutdown_drain_ms" in settings.explicit:
         kernel.shutdown_drain_ms = settings.shutdown_drain_ms
+    if "probe_port" in settings.explicit:
+        kernel.probe_port = settings.probe_port
+    if "probe_host" in settings.explicit:
+        kernel.probe_host = settings.probe_host
     return kernel
 
 
 def worker_kernel(settings: Settings) -> Kernel:
     """Granian's kernel loader, called in each worker: the served kernel, its details settled."""
     kernel = served_kernel(settings)
-    mode, _start_up_line = details_in_force(kernel, settings.host)  # the parent logs the line
+    mode, _start_up_line = details_in_force(kernel, exposed_host(kernel, settings.host))  # the parent logs it
     kernel.details = mode
     return kernel
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def exposed_host(kernel: Kernel, host: str) -> str:
+    """Of the main port's ``host`` and the kernel's probe host (when it has a probe port), the one that
+    reaches furthest: the details policy must hold on both ports."""
+    if kernel.probe_port is not None and is_loopback(host) and not is_loopback(kernel.probe_host):
+        return kernel.probe_host
+    return host
 
 
 def details_in_force(kernel: Kernel, host: str) -> tuple[str, str]:
     """The details mode of ``kernel`` served on ``host``, and the start-up line saying which and why.
     Unset details are shown on loopback only: beyond it, anyone who can reach the port would see them."""
-    if kernel.details is None and _is_loopback(host):
+    if kernel.details is None and is_loopback(host):
         return "always", f"readiness details: full (details unset and serving on {host}, loopback)"
     if kernel.details is None:
         return "never", (
@@ -124,8 +130,12 @@ def details_in_force(kernel: Kernel, host: str) -> tuple[str, str]:
     return kernel.details, f'readiness details: {shown[kernel.details]} (details = "{kernel.details}")'
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def warn_if_details_public(kernel: Kernel, host: str) -> None:
-    if kernel.details == "always" and not _is_loopback(host):
+    if kernel.details == "always" and not is_loopback(host):
         _log.warning(
             "serving on %s with details = 'always': subsystems, metrics and errors are visible to "
             "anyone who can reach it; consider details = 'token'",
@@ -236,9 +246,22 @@ def _serve(settings: Settings) -> int:
     # Until Granian installs its own handlers, a stop (SIGTERM) while --app loads here is a clean exit.
     signal.signal(signal.SIGTERM, _stop_before_serving)
     kernel = served_kernel(settings)  # fail here, with exit status 2, rather than in every worker
+    if kernel.probe_port == 0 and settings.workers > 1:
+        raise ConfigError(
+            "invalid value for probe_port: 0 would give each worker a free port of its own; "
+            "name one port for all workers"
+        )
+    if kernel.probe_port == settings.port != 0:
+        # Both listeners bind with SO_REUSEPORT, so the kernel would split connections between them.
+        raise ConfigError(f"invalid value for probe_port: {settings.port} is the main port (port) too")
     configure(settings.log_level)
-    _log.info("%s", details_in_force(kernel, settings.host)[1])
-    warn_if_details_public(kernel, settings.host)
+    exposed = exposed_host(kernel, settings.host)
+    _log.info("%s", details_in_force(kernel, exposed)[1])
+    warn_if_details_public(kernel, exposed)
+    if kernel.probe_port is not None:
+        # Each worker opens the listener when its kernel starts; a port of 0 is chosen there.
+        shown = _address(kernel.probe_host, kernel.probe_port)
+        _log.info("probes on %s%s", shown, " (a free port)" if kernel.probe_port == 0 else "")
     try:
         import uvloop  # noqa: F401
 
@@ -252,7 +275,7 @@ def _serve(settings: Settings) -> int:
         interface=Interfaces.RSGI,
         workers=settings.workers,
         loop=loop,
-        http=HTTPModes.http1,
+        http=HTTPModes(settings.http),
         websockets=False,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=dictconfig(settings.log_level, base=LOGGING_CONFIG),
@@ -275,10 +298,18 @@ class _NoAnswer(Exception):
     """``phoenix check`` reached no readiness report at a server's URL (the message says why)."""
 
 
-def _server_url(settings: Settings) -> str:
-    """Where ``phoenix serve`` with these settings answers; a wildcard bind is reached on loopback."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
-    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+def _server_url(settings: Settings) -> str | None:
+    """Where ``phoenix serve`` with these settings answers probes over HTTP/1.1: its probe listener if it
+    has one, else its main port. None when that took whichever port was free (port 0): there is no
+    finding it again. A wildcard bind is reached on loopback."""
+    if settings.probe_port:
+        host, port = settings.probe_host, settings.probe_port
+    elif settings.port:
+        host, port = settings.host, settings.port
+    else:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{_address(host, port)}"
 
 
 def _ask_server(url: str, token: str | None) -> tuple[bool, dict[str, Any]]:
@@ -316,23 +347,28 @@ def _ask_server(url: str, token: str | None) -> tuple[bool, dict[str, Any]]:
 
 
 def _check(settings: Settings, url: str | None) -> int:
-    """Asks the server at ``url``, else at the configured host and port; only when nothing listens
-    there (no server holds the kernel) is the kernel evaluated here, in this process."""
+    """Asks the server at ``url``, else at the configured probe port or host and port; only when nothing
+    listens there (no server holds the kernel) is the kernel evaluated here, in this process."""
     configure(settings.log_level)
     answer: tuple[bool, dict[str, Any]] | None = None
+    target = _server_url(settings) if url is None else url
     try:
-        # A server on port 0 took whichever port was free: there is no finding it again.
-        if url is not None or settings.port != 0:
-            answer = _ask_server(url or _server_url(settings), settings.token)
+        if target is not None:
+            answer = _ask_server(target, settings.token)
     except ConnectionRefusedError:
         if url is not None:
             print(f"phoenix: no server answers at {url} (connection refused)", file=sys.stderr)
             return 2
     except _NoAnswer as exc:
-        print(f"phoenix: {exc}", file=sys.stderr)
+        # This check speaks HTTP/1.1 only, which a main port serving HTTP/2 only resets.
+        http2_only = url is None and not settings.probe_port and settings.http == "2"
+        hint = '; with http = "2" the main port speaks HTTP/2 only: set probe_port' if http2_only else ""
+        print(f"phoenix: {exc}{hint}", file=sys.stderr)
         return 2
     if answer is None:
-        report = asyncio.run(_check_once(load_kernel(settings)))
+        kernel = load_kernel(settings)
+        kernel.probe_port = None  # a one-off check answers here, and listens nowhere
+        report = asyncio.run(_check_once(kernel))
         answer = report["status"] == "ready", report
     ready, report = answer
     print(json.dumps(report, indent=2))
@@ -353,8 +389,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("app", "data_dir"):
         for command in (serve, check):
             command.add_argument(f"--{name.replace('_', '-')}", dest=name, help=helps[name])
-    for name in ("host", "port", "workers"):
-        serve.add_argument(f"--{name}", dest=name, help=helps[name])
+    for name in ("host", "port", "http", "workers", "probe_port", "probe_host"):
+        serve.add_argument(f"--{name.replace('_', '-')}", dest=name, help=helps[name])
     check.add_argument(
         "--url",
         help="ask the server at this URL (e.g. http://127.0.0.1:5001) instead of the configured host and "

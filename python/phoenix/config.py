@@ -14,6 +14,7 @@ before the Rust extension is built).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import keyword
 import os
 import re
@@ -33,6 +34,7 @@ CONFIG_ENV_VAR: Final = "PHOENIX_CONFIG"
 DEFAULT_CONFIG_FILE: Final = "phoenix.toml"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 DETAILS_MODES: Final = ("always", "never", "token")
+HTTP_MODES: Final = ("auto", "1", "2")
 
 _BOOL_WORDS: Final = dict.fromkeys(("true", "yes", "on", "1"), True) | dict.fromkeys(
     ("false", "no", "off", "0"), False
@@ -85,6 +87,13 @@ def _lower(raw: object, from_text: bool) -> str:
     return _text(raw, from_text).lower()
 
 
+def _http_mode(raw: object, from_text: bool) -> str:
+    # `http = 2` in TOML means what `--http 2` does.
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    return _lower(raw, from_text)
+
+
 def _app_ref(value: str) -> bool:
     module, sep, attr = value.partition(":")
     names = [*module.split("."), *attr.split(".")]
@@ -115,8 +124,16 @@ KEYS: Final = (
         help="Interface the HTTP server binds to."),
     Key("port", 5001, _integer, "an integer from 0 to 65535", valid=lambda n: 0 <= n <= 65535,
         help="TCP port the HTTP server listens on (0 picks a free port)."),
+    Key("http", "1", _http_mode, "one of " + ", ".join(HTTP_MODES), valid=HTTP_MODES.__contains__,
+        help="HTTP version of the main port: 1 (HTTP/1.1 only), 2 (HTTP/2 cleartext with prior knowledge "
+        "only), or auto (either, told apart per connection)."),
     Key("workers", 1, _integer, "an integer >= 1", valid=lambda n: n >= 1,
         help="Number of server worker processes."),
+    Key("probe_port", None, _integer, "an integer from 0 to 65535", valid=lambda n: 0 <= n <= 65535,
+        help="TCP port of the probe listener, which answers the probes from Rust threads without the "
+        "GIL, over HTTP/1.1, HTTP/2 and gRPC (0 picks a free port, one worker only); unset means none."),
+    Key("probe_host", "127.0.0.1", _text, "a non-empty string", valid=bool,
+        help="Interface the probe listener binds to."),
     Key("data_dir", Path("phoenix-data"), _path, "a non-empty path",
         help="Directory where the default kernel keeps its data."),
     Key("health_ttl_ms", 100, _integer, "an integer >= 0", valid=lambda n: n >= 0,
@@ -125,6 +142,13 @@ KEYS: Final = (
         help="How long a readiness result is cached, in milliseconds."),
     Key("check_timeout_ms", 500, _integer, "an integer > 0", valid=lambda n: n > 0,
         help="Default timeout of one subsystem check, in milliseconds."),
+    Key("live_stale_ms", 5000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
+        help="How far behind its heartbeat the event loop may fall before /live answers 503 'stalled', "
+        "in milliseconds."),
+    Key("ready_stale_ms", 2000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
+        help="How far behind its heartbeat the event loop may fall before readiness answers 503 "
+        "'stalled', in milliseconds; at most live_stale_ms, so a wedged worker leaves the Service before "
+        "it is restarted."),
     Key("request_log", True, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
         help="Log method, path, status and latency of each request to the 'phoenix.api' logger."),
     Key("details", None, _text, "one of " + ", ".join(DETAILS_MODES), valid=DETAILS_MODES.__contains__,
@@ -135,14 +159,6 @@ KEYS: Final = (
     Key("shutdown_drain_ms", 5000, _integer, "an integer >= 0", valid=lambda n: n >= 0,
         help="On SIGTERM, how long /ready answers 503 'draining' while requests are still served, "
         "before the server shuts down, in milliseconds."),
-    Key("probe_port", None, _integer, "an integer from 0 to 65535", valid=lambda n: 0 <= n <= 65535,
-        help="TCP port of the probe listener (unset: none)."),
-    Key("probe_host", "127.0.0.1", _text, "a non-empty string", valid=bool,
-        help="Interface the probe listener binds to."),
-    Key("live_stale_ms", 5000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
-        help="How far behind its heartbeat the event loop may fall before /live answers 503, in ms."),
-    Key("ready_stale_ms", 2000, _integer, "an integer >= 1", valid=lambda n: n >= 1,
-        help="How far behind its heartbeat the event loop may fall before readiness answers 503, in ms."),
     Key("log_level", "info", _lower, "one of " + ", ".join(LOG_LEVELS), valid=LOG_LEVELS.__contains__,
         help="Log level: " + ", ".join(LOG_LEVELS) + " (case-insensitive)."),
 )
@@ -158,23 +174,34 @@ class Settings:
     app: str | None
     host: str
     port: int
+    http: str
     workers: int
+    probe_port: int | None
+    probe_host: str
     data_dir: Path
     health_ttl_ms: int
     ready_ttl_ms: int
     check_timeout_ms: int
+    live_stale_ms: int
+    ready_stale_ms: int
     request_log: bool
     details: str | None
     token: str | None
     shutdown_drain_ms: int
-    probe_port: int | None
-    probe_host: str
-    live_stale_ms: int
-    ready_stale_ms: int
     log_level: str
-    # The keys some source set, rather than left to their defaults: a served kernel's own request log and
-    # drain hold unless one did.
+    # The keys some source set, rather than left to their defaults: a served kernel's own request log,
+    # drain and probe listener hold unless one did.
     explicit: frozenset[str] = frozenset()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether serving on ``host`` reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _settings(values: Mapping[str, object]) -> Settings:
@@ -260,4 +287,10 @@ def load_settings(
     settings = _settings(values)
     if settings.details == "token" and settings.token is None:
         raise ConfigError("invalid value for details: 'token' needs token (PHOENIX_TOKEN) to be set")
+    if settings.ready_stale_ms > settings.live_stale_ms:
+        # Readiness must fail first: a wedged worker leaves the Service before liveness restarts it.
+        raise ConfigError(
+            f"invalid value for ready_stale_ms: {settings.ready_stale_ms} is above live_stale_ms "
+            f"({settings.live_stale_ms}); readiness must fail before liveness"
+        )
     return settings

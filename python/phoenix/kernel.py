@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from . import _core
 from .app import ASGIApp, RSGIHandler, rsgi_handler
-from .config import DEFAULTS
+from .config import DEFAULTS, is_loopback
 
 # The signal that makes a served worker start draining; Granian itself uses SIGINT, SIGTERM, SIGHUP.
 DRAIN_SIGNAL = signal.SIGUSR1
@@ -165,6 +165,10 @@ class Kernel:
             self._beating_loop = loop
             self._beat_on(loop)
         if self.probe_port is not None and self._probe_address is None:
+            if self._details is None and not is_loopback(self.probe_host):
+                # Unset details are shown on loopback only (as `phoenix serve` settles them), and the
+                # probe port reaches beyond it.
+                self.details = "never"
             port = self._core.listen(self.probe_host, self.probe_port, self._request_log)
             self._probe_address = (self.probe_host, port)
 

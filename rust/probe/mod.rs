@@ -150,3 +150,97 @@ fn http_response(reply: &Reply) -> Response<Full<Bytes>> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::service::Settings;
+
+    /// A service with one passing check, its probe listener on a free loopback port, and the runtime
+    /// its rounds run on.
+    fn listening() -> (Arc<Service>, SocketAddr, tokio::runtime::Runtime) {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let handle = runtime.handle().clone();
+        let settings = Settings::from_millis(100, 100, 500, "always", None, 5000, 2000).unwrap();
+        let service = Service::new(settings, move || handle.clone());
+        service.add_ping("ping".to_owned()).unwrap();
+        let address = start(Arc::clone(&service), "127.0.0.1:0".parse().unwrap(), false).unwrap();
+        (service, address, runtime)
+    }
+
+    /// Sends `request` as is and returns the whole answer (the server closes after it).
+    fn exchange(address: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    fn get(address: SocketAddr, target: &str) -> String {
+        exchange(address, format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+    }
+
+    fn body(answer: &str) -> serde_json::Value {
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn answers_what_the_service_answers_on_every_route() {
+        let (service, address, _runtime) = listening();
+        let health = get(address, "/health");
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+        assert!(health.contains("content-type: application/json\r\n"));
+        assert_eq!(body(&health)["status"], "healthy");
+        assert_eq!(body(&get(address, "/live")), serde_json::json!({"status": "alive"}));
+        // The first readiness request waits for the first round, then gets its answer.
+        let ready = get(address, "/ready");
+        assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
+        assert_eq!(body(&ready)["subsystems"]["ping"]["status"], "pass");
+        assert_eq!(body(&get(address, "/ready/ping"))["name"], "ping");
+        let verbose = get(address, "/ready?verbose");
+        assert!(
+            verbose.contains("content-type: text/plain; charset=utf-8\r\n") && verbose.contains("[+]ping ok")
+        );
+        let missing = get(address, "/ready/nothing");
+        assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n") && body(&missing)["code"] == 404);
+        let excludes = (0..65).map(|i| format!("exclude=c{i}")).collect::<Vec<_>>().join("&");
+        assert_eq!(body(&get(address, &format!("/ready?{excludes}")))["code"], 400);
+        let post = exchange(address, b"POST /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        assert!(
+            post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && post.contains("allow: GET, HEAD\r\n")
+        );
+        let head = exchange(address, b"HEAD /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+        service.drain();
+        assert_eq!(body(&get(address, "/ready")), serde_json::json!({"status": "draining"}));
+    }
+
+    #[test]
+    fn oversized_and_malformed_requests_are_refused_and_the_listener_goes_on() {
+        let (_service, address, _runtime) = listening();
+        let huge = format!("GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(64 * 1024));
+        let refused = exchange(address, huge.as_bytes());
+        assert!(refused.is_empty() || refused.starts_with("HTTP/1.1 431 "), "{refused}");
+        let garbage = exchange(address, b"\x16\x03\x01 this is not HTTP\r\n\r\n");
+        assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+        assert!(get(address, "/health").starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+
+    #[test]
+    fn http2_with_prior_knowledge_is_told_apart_from_http1_on_the_same_port() {
+        let (_service, address, _runtime) = listening();
+        // The client preface, then an empty SETTINGS frame: an HTTP/2 server answers with its own
+        // SETTINGS frame (type 4), where an HTTP/1.1 server would answer 400.
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+        let mut frame_header = [0u8; 9];
+        stream.read_exact(&mut frame_header).unwrap();
+        assert_eq!(frame_header[3], 4, "a SETTINGS frame");
+        assert!(get(address, "/health").starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+}
