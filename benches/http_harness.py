@@ -1463,7 +1463,9 @@ def chart(results: list[Result], env: dict[str, str], args: argparse.Namespace, 
     targets = list(dict.fromkeys((r.server, r.endpoint) for r in results))
     colours = [COLOURS.get(t, "#444444") for t in targets]
     columns = len(args.connections)
-    fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns + 1.2, 8.0), squeeze=False)
+    # Room for each bar's label, and for the title and legend when there is one panel per row.
+    panel_width = max(3.6, 0.42 * len(targets))
+    fig, axes = plt.subplots(2, columns, figsize=(max(9.0, panel_width * columns + 1.2), 8.0), squeeze=False)
     rows = [("rps", "req/s (median)"), ("p99_ms", "p99 latency, ms (median, log scale)")]
     for col, connections in enumerate(args.connections):
         ceiling = by_key.get((CEILING, "/health", connections))
@@ -1503,7 +1505,8 @@ def chart(results: list[Result], env: dict[str, str], args: argparse.Namespace, 
         Patch(color=c, label=f"{server} {endpoint}")
         for (server, endpoint), c in zip(targets, colours, strict=True)
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    legend_columns = min(3, len(handles))
+    fig.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=8, frameon=False)
     fig.suptitle(
         f"Phoenix HTTP/1.1 benchmark, {env['date']}: median of {args.rounds} x {args.duration} s rounds, "
         f"server on core {SERVER_CPU}, wrk -t1 on core {WRK_CPU}\n"
@@ -1511,7 +1514,7 @@ def chart(results: list[Result], env: dict[str, str], args: argparse.Namespace, 
         f"commit {env['commit']}; req/s labels: k req/s and ratio to the ceiling (dashed line)",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.03 + 0.025 * math.ceil(len(handles) / legend_columns), 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
