@@ -1531,13 +1531,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--connections",
         type=lambda text: [int(c) for c in text.split(",")],
         default=[1, 50, 500],
-        help="comma-separated wrk connection counts (default 1,50,500)",
+        help="comma-separated connection counts, for wrk and h2load (default 1,50,500)",
     )
     parser.add_argument(
         "--h2h-rounds",
         type=int,
         default=5,
-        help="head-to-head rounds per connection count against the ceiling (default 5; 0: none)",
+        help="head-to-head rounds per connection count against each reference (default 5; 0: none)",
     )
     parser.add_argument(
         "--only",
