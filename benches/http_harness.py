@@ -80,6 +80,9 @@ NGINX_TWIN = "nginx, second instance"
 # One process: Phoenix serving its main port and, with --probe-port, its probe listener (HTTP/1.1 and h2c).
 PHOENIX_LISTENER = "phoenix, probe listener on: main port"
 PROBE = "phoenix probe port"
+# The same with the request log off: what the log costs on the probe port (nginx runs without one).
+PHOENIX_LISTENER_OFF = "phoenix, probe listener on, request log off: main port"
+PROBE_LOG_OFF = "phoenix probe port (request log off)"
 # HTTP/2 cleartext with prior knowledge, loaded by h2load.
 CEILING_H2 = "ceiling --http 2 (h2c)"
 PHOENIX_H2 = "phoenix --http 2 (h2c)"
@@ -811,6 +814,17 @@ def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
             ],
         )
     )
+    specs.append(
+        ServerSpec(
+            PHOENIX_LISTENER_OFF,
+            [*phoenix, "--data-dir", data_dir(PHOENIX_LISTENER_OFF), "--port", "{port}", *probe_port],
+            ["/health"],
+            env={"PHOENIX_REQUEST_LOG": "false"},
+            cwd=workdir,
+            group="probe",
+            more_listeners=[ListenerSpec(PROBE_LOG_OFF, ["/health"], "probe", "probe_port")],
+        )
+    )
     template = NGINX_CONF.read_text().replace("{body}", BODY.decode())
     for name, h2_name in ((NGINX, NGINX_H2), (NGINX_TWIN, NGINX_H2_TWIN)):
         own_dir = workdir / re.sub(r"[^a-z0-9]+", "-", name).strip("-")
@@ -865,6 +879,7 @@ DUELS: dict[str, list[tuple[Pair, Pair]]] = {
         ((NGINX_TWIN, "/health"), (NGINX, "/health")),
         ((PROBE, "/health"), (NGINX, "/health")),
         ((PROBE, "/ready"), (NGINX, "/health")),
+        ((PROBE_LOG_OFF, "/health"), (NGINX, "/health")),
         # The main port with the listener on against the same without it, each through the ceiling.
         ((PHOENIX_LISTENER, "/health"), (CEILING, "/health")),
         ((PHOENIX_ON, "/health"), (CEILING, "/health")),
@@ -1363,6 +1378,7 @@ def report(
     columns: list[tuple[str, str, Pair, Pair]] = [
         ("probe", "probe /health ÷ nginx", (PROBE, "/health"), (NGINX, "/health")),
         ("probe", "probe /ready ÷ probe /health", (PROBE, "/ready"), (PROBE, "/health")),
+        ("probe", "probe /health, request log off ÷ nginx", (PROBE_LOG_OFF, "/health"), (NGINX, "/health")),
         ("probe", "main port, listener on ÷ off", (PHOENIX_LISTENER, "/health"), (PHOENIX_ON, "/health")),
         ("probe", "nginx twin ÷ nginx", (NGINX_TWIN, "/health"), (NGINX, "/health")),
         ("h2", "Phoenix h2c ÷ ceiling h2c", (PHOENIX_H2, "/health"), (CEILING_H2, "/health")),

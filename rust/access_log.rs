@@ -61,7 +61,10 @@ fn push_three_digits(out: &mut Vec<u8>, n: u32) {
 /// a request never waits for a write: the hot path holds its lock only to copy one line.
 pub struct AccessLog<W: Write + Send> {
     buffer: Mutex<Buffer>,
-    out: Mutex<W>,
+    /// The output, and the buffer that goes in next: written out and emptied, it keeps its capacity,
+    /// so lines are appended to memory already in place (growing a fresh buffer each flush, page
+    /// faults and copies included, cost more than formatting the lines).
+    out: Mutex<(W, Vec<u8>)>,
     dropped: AtomicU64,
     flusher: OnceLock<Thread>,
 }
@@ -70,7 +73,7 @@ impl<W: Write + Send + 'static> AccessLog<W> {
     pub fn new(out: W) -> Arc<Self> {
         Arc::new(Self {
             buffer: Mutex::new(Buffer::default()),
-            out: Mutex::new(out),
+            out: Mutex::new((out, Vec::with_capacity(FLUSH_AT_BYTES))),
             dropped: AtomicU64::new(0),
             flusher: OnceLock::new(),
         })
@@ -117,24 +120,17 @@ impl<W: Write + Send + 'static> AccessLog<W> {
 
     /// Writes out what is buffered. The buffer is swapped out first, so recording goes on meanwhile.
     pub fn flush(&self) -> io::Result<()> {
-        let pending = {
-            let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-            std::mem::replace(&mut buffer.lines, Vec::with_capacity(FLUSH_AT_BYTES))
-        };
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            writeln!(
-                out,
-                "{} WARNING phoenix.api: {dropped} request log lines dropped: the log output is not keeping up",
-                timestamp(SystemTime::now())
-            )?;
+        let (out, pending) = &mut *out;
+        {
+            let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::swap(&mut buffer.lines, pending);
         }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        out.write_all(&pending)?;
-        out.flush()
+        let written = write_out(out, pending, self.dropped.swap(0, Ordering::Relaxed));
+        pending.clear();
+        // A burst's worth of capacity is not kept for ever.
+        pending.shrink_to(4 * FLUSH_AT_BYTES);
+        written
     }
 
     /// Flushes every `every` (sooner when the buffer fills) until the log is dropped.
@@ -152,6 +148,22 @@ impl<W: Write + Send + 'static> AccessLog<W> {
         let _ = log.flusher.set(thread.thread().clone());
         Ok(())
     }
+}
+
+/// Writes `pending` lines out, after a line saying how many were `dropped`, if any.
+fn write_out(out: &mut impl Write, pending: &[u8], dropped: u64) -> io::Result<()> {
+    if dropped > 0 {
+        writeln!(
+            out,
+            "{} WARNING phoenix.api: {dropped} request log lines dropped: the log output is not keeping up",
+            timestamp(SystemTime::now())
+        )?;
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    out.write_all(pending)?;
+    out.flush()
 }
 
 #[cfg(test)]
