@@ -127,13 +127,6 @@ pub struct Heartbeat {
     reported_stalled: AtomicBool,
 }
 
-/// How the serving loops stand, as `/live` and readiness see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoopLag {
-    /// How far behind its heartbeat the worst loop is, in ms.
-    pub lag_ms: u64,
-}
-
 impl Heartbeat {
     pub fn new(live_stale: Duration, ready_stale: Duration) -> Self {
         Self {
@@ -196,9 +189,9 @@ impl Heartbeat {
         (stalled && !self.reported_stalled.swap(true, Ordering::AcqRel)).then_some(lag_ms)
     }
 
-    /// The worst lag among the loops that beat (this process's and its live siblings'), or `None`
-    /// while none has beaten yet.
-    pub fn worst(&self) -> Option<LoopLag> {
+    /// The worst lag among the loops that beat (this process's and its live siblings'), in ms, or
+    /// `None` while none has beaten yet.
+    pub fn worst(&self) -> Option<u64> {
         let now = now_ms();
         let board = self.board();
         let siblings = self.siblings.load(Ordering::Acquire);
@@ -207,7 +200,7 @@ impl Heartbeat {
             .chain((0..slots.len()).filter(|i| siblings & (1 << i) != 0))
             .map(|i| slots[i].beat_ms.load(Ordering::Acquire))
             .filter(|&beat| beat != 0);
-        beats.map(|beat| lag(now, beat)).max().map(|lag_ms| LoopLag { lag_ms })
+        beats.map(|beat| lag(now, beat)).max()
     }
 
     /// Makes this process's loop look `lag_ms` behind, for tests of what depends on it.
@@ -216,14 +209,14 @@ impl Heartbeat {
         self.board().mine().beat_ms.store(now_ms() - lag_ms - BEAT_PERIOD_MS, Ordering::Release);
     }
 
-    /// Whether the worst loop, `lag` behind, is stalled past the liveness threshold.
-    pub fn live_stalled(&self, lag: LoopLag) -> bool {
-        lag.lag_ms > self.live_stale_ms
+    /// Whether the worst loop, `lag_ms` behind, is stalled past the liveness threshold.
+    pub fn live_stalled(&self, lag_ms: u64) -> bool {
+        lag_ms > self.live_stale_ms
     }
 
     /// `Some(lag)` when the worst loop is stalled past the (smaller) readiness threshold.
     pub fn ready_stalled(&self) -> Option<u64> {
-        self.worst().map(|lag| lag.lag_ms).filter(|&lag_ms| lag_ms > self.ready_stale_ms)
+        self.worst().filter(|&lag_ms| lag_ms > self.ready_stale_ms)
     }
 }
 

@@ -566,7 +566,7 @@ impl Service {
     fn live(&self) -> Arc<Response> {
         match self.heartbeat.worst() {
             None => Arc::clone(&self.live),
-            Some(lag) => Response::new(render::live(Some(lag.lag_ms), self.heartbeat.live_stalled(lag))),
+            Some(lag_ms) => Response::new(render::live(Some(lag_ms), self.heartbeat.live_stalled(lag_ms))),
         }
     }
 
