@@ -291,21 +291,19 @@ pub fn subsystem(outcome: &Outcome, view: &View<'_>) -> Body {
 
 /// `/ready` while the service drains before shutting down: not ready, whatever the checks say.
 pub fn draining(format: Format) -> Body {
-    not_ready(format, "draining", "draining".to_owned())
+    not_ready(format, &StatusOnly { status: "draining" }, "draining".to_owned())
 }
 
 /// Readiness while the serving event loop is stalled: the worker must leave the load balancer.
 pub fn stalled(format: Format, loop_lag_ms: u64) -> Body {
-    match format {
-        Format::Json => Body::json(503, &LoopLag { status: "stalled", loop_lag_ms: Some(loop_lag_ms) }),
-        _ => not_ready(format, "stalled", format!("event loop stalled for {loop_lag_ms} ms")),
-    }
+    let json = LoopLag { status: "stalled", loop_lag_ms: Some(loop_lag_ms) };
+    not_ready(format, &json, format!("event loop stalled for {loop_lag_ms} ms"))
 }
 
-/// A 503 that no check decided: `status` in JSON, `reason` in the other formats.
-fn not_ready(format: Format, status: &'static str, reason: String) -> Body {
+/// A 503 that no check decided: `json` in JSON, `reason` in the other formats.
+fn not_ready(format: Format, json: &impl Serialize, reason: String) -> Body {
     match format {
-        Format::Json => Body::json(503, &StatusOnly { status }),
+        Format::Json => Body::json(503, json),
         Format::HealthJson => Body {
             status: 503,
             content_type: HEALTH_JSON,
