@@ -70,6 +70,7 @@ def make_core(impl: str, *, health_ttl_ms: int = 100, ready_ttl_ms: int = 100, p
             None,
             DEFAULTS.live_stale_ms,
             DEFAULTS.ready_stale_ms,
+            DEFAULTS.metrics,
         )
     else:
         core = PurePythonCore(health_ttl_ms, ready_ttl_ms)

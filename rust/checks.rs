@@ -7,6 +7,7 @@
 //! per round.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,8 @@ use arc_swap::ArcSwapOption;
 use futures::future::{join_all, BoxFuture, FutureExt, Shared};
 use tokio::runtime::Handle;
 use tokio::task::JoinError;
+
+use crate::metrics::{CheckMetrics, RunResult};
 
 /// A metric in [0, 1] (by convention), or a short human-readable reason why there is none.
 pub type CheckResult = Result<f64, String>;
@@ -77,6 +80,9 @@ impl Status {
     }
 }
 
+/// A run's metric, status and message.
+type Verdict = (Option<f64>, Status, Option<String>);
+
 /// Whether a subsystem can be checked yet (e.g. its native state has finished initialising).
 pub type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -91,6 +97,7 @@ pub struct Subsystem {
     current: Mutex<Option<Run>>,
     history: Mutex<History>,
     latest: ArcSwapOption<Outcome>,
+    pub metrics: CheckMetrics,
 }
 
 #[derive(Clone)]
@@ -102,6 +109,20 @@ struct Run {
 struct History {
     status: Status,
     consecutive_failures: u32,
+    /// The latest runs, oldest first, for the status page.
+    recent: VecDeque<Mark>,
+}
+
+/// How many runs a subsystem remembers for the status page.
+pub const RECENT_RUNS: usize = 30;
+
+/// One past run, as the status page shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    pub status: Status,
+    pub metric: Option<f64>,
+    pub latency: Duration,
+    pub at: SystemTime,
 }
 
 /// Marks a run finished when its task ends, whether it returned or unwound.
@@ -127,8 +148,13 @@ impl Subsystem {
             probe,
             gate: None,
             current: Mutex::new(None),
-            history: Mutex::new(History { status: Status::Pending, consecutive_failures: 0 }),
+            history: Mutex::new(History {
+                status: Status::Pending,
+                consecutive_failures: 0,
+                recent: VecDeque::with_capacity(RECENT_RUNS),
+            }),
             latest: ArcSwapOption::empty(),
+            metrics: CheckMetrics::default(),
         }
     }
 
@@ -199,8 +225,10 @@ impl Subsystem {
                 return this.pending_outcome("initialising");
             };
             let result = tokio::time::timeout(this.policy.timeout, run.result).await.ok();
-            let verdict = this.judge(result, joined);
+            let (ended, verdict) = this.judge(result, joined);
             let outcome = this.record(verdict, started.elapsed());
+            // Counted by how the run ended: a tolerated failure is reported as `warn`, yet failed.
+            this.metrics.record(ended, outcome.latency, outcome.at);
             this.latest.store(Some(Arc::new(outcome.clone())));
             outcome
         }
@@ -219,7 +247,8 @@ impl Subsystem {
         }
     }
 
-    fn judge(&self, result: Option<CheckResult>, joined: bool) -> (Option<f64>, Status, Option<String>) {
+    /// How the run ended, and the verdict on it.
+    fn judge(&self, result: Option<CheckResult>, joined: bool) -> (RunResult, Verdict) {
         let policy = &self.policy;
         let what = &self.measurement;
         match result {
@@ -228,28 +257,30 @@ impl Subsystem {
                 if joined {
                     why.push_str(" (still running from an earlier round)");
                 }
-                (None, Status::Fail, Some(why))
+                (RunResult::Timeout, (None, Status::Fail, Some(why)))
             }
-            Some(Err(why)) => (None, Status::Fail, Some(crate::redact::redact(&why))),
+            Some(Err(why)) => (RunResult::Error, (None, Status::Fail, Some(crate::redact::redact(&why)))),
             Some(Ok(metric)) if !metric.is_finite() => {
-                (None, Status::Fail, Some(format!("{what} is not a finite number")))
+                (RunResult::Error, (None, Status::Fail, Some(format!("{what} is not a finite number"))))
             }
-            Some(Ok(metric)) if metric <= policy.threshold => {
-                (Some(metric), Status::Fail, Some(format!("{what} {metric:.2} <= {:.2}", policy.threshold)))
-            }
+            Some(Ok(metric)) if metric <= policy.threshold => (
+                RunResult::Fail,
+                (Some(metric), Status::Fail, Some(format!("{what} {metric:.2} <= {:.2}", policy.threshold))),
+            ),
             Some(Ok(metric)) => match policy.warn_threshold {
-                Some(warn) if metric <= warn => {
-                    (Some(metric), Status::Warn, Some(format!("{what} {metric:.2} <= warn {warn:.2}")))
-                }
-                _ => (Some(metric), Status::Pass, None),
+                Some(warn) if metric <= warn => (
+                    RunResult::Warn,
+                    (Some(metric), Status::Warn, Some(format!("{what} {metric:.2} <= warn {warn:.2}"))),
+                ),
+                _ => (RunResult::Pass, (Some(metric), Status::Pass, None)),
             },
         }
     }
 
     /// Applies the failure tolerance, logs a change of status once, and builds the outcome.
-    fn record(&self, verdict: (Option<f64>, Status, Option<String>), latency: Duration) -> Outcome {
+    fn record(&self, verdict: Verdict, latency: Duration) -> Outcome {
         let (metric, mut status, mut message) = verdict;
-        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut history = self.lock_history();
         if status == Status::Fail {
             history.consecutive_failures += 1;
             let limit = self.policy.failures_before_unready.max(1);
@@ -279,6 +310,11 @@ impl Subsystem {
             }
             history.status = status;
         }
+        let at = SystemTime::now();
+        if history.recent.len() == RECENT_RUNS {
+            history.recent.pop_front();
+        }
+        history.recent.push_back(Mark { status, metric, latency, at });
         Outcome {
             name: self.name.clone(),
             measurement: self.measurement.clone(),
@@ -287,8 +323,22 @@ impl Subsystem {
             status,
             latency,
             message,
-            at: SystemTime::now(),
+            at,
         }
+    }
+
+    /// The status last reported.
+    pub fn status(&self) -> Status {
+        self.lock_history().status
+    }
+
+    /// The latest runs, oldest first (at most `RECENT_RUNS`).
+    pub fn recent(&self) -> Vec<Mark> {
+        self.lock_history().recent.iter().cloned().collect()
+    }
+
+    fn lock_history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The latest background result, or `pending` before the first one.

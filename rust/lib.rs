@@ -6,6 +6,7 @@ pub mod cache;
 pub mod checks;
 pub mod exit_gate;
 pub mod heartbeat;
+pub mod metrics;
 pub mod probe;
 pub mod redact;
 pub mod render;

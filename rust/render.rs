@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::checks::{Outcome, Report, Status};
+use crate::checks::{Mark, Outcome, Report, Status};
 use crate::routes::ALLOWED_METHODS;
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-27T08:50:54.123Z`.
@@ -62,6 +62,7 @@ pub struct Body {
 pub const JSON: &str = "application/json";
 pub const HEALTH_JSON: &str = "application/health+json";
 pub const TEXT: &str = "text/plain; charset=utf-8";
+pub const HTML: &str = "text/html; charset=utf-8";
 
 impl Body {
     /// The headers this body is sent with.
@@ -70,6 +71,9 @@ impl Body {
             (405, _) => &[("content-type", JSON), ("allow", ALLOWED_METHODS)],
             (_, HEALTH_JSON) => &[("content-type", HEALTH_JSON)],
             (_, TEXT) => &[("content-type", TEXT)],
+            (_, HTML) => &[("content-type", HTML), ("cache-control", "no-cache")],
+            (_, crate::metrics::OPENMETRICS) => &[("content-type", crate::metrics::OPENMETRICS)],
+            (_, crate::metrics::PROMETHEUS_TEXT) => &[("content-type", crate::metrics::PROMETHEUS_TEXT)],
             _ => &[("content-type", JSON)],
         }
     }
@@ -287,6 +291,95 @@ pub fn subsystem(outcome: &Outcome, view: &View<'_>) -> Body {
         }
         Format::Json => Body::json(code(outcome.ready()), &StatusOnly { status: outcome.status.as_str() }),
     }
+}
+
+/// The status page: one self-contained HTML file that draws itself from `/status?format=json`.
+pub fn status_page() -> Body {
+    const PAGE: &str = include_str!("status.html");
+    Body { status: 200, content_type: HTML, bytes: Bytes::from_static(PAGE.as_bytes()) }
+}
+
+/// What the status page shows.
+pub struct StatusPage<'a> {
+    pub ready: bool,
+    pub draining: bool,
+    pub uptime: Duration,
+    pub version: &'static str,
+    /// Whether subsystems are shown (the details policy); else only the overall status.
+    pub details: bool,
+    pub subsystems: Vec<StatusOfSubsystem<'a>>,
+}
+
+pub struct StatusOfSubsystem<'a> {
+    pub name: &'a str,
+    /// Its result in the newest round (none before the first).
+    pub outcome: Option<&'a Outcome>,
+    /// Its latest runs, oldest first.
+    pub recent: Vec<Mark>,
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    status: &'static str,
+    version: &'static str,
+    uptime_seconds: u64,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subsystems: Option<Vec<SubsystemJson<'a>>>,
+}
+
+#[derive(Serialize)]
+struct SubsystemJson<'a> {
+    name: &'a str,
+    measurement: Option<&'a str>,
+    #[serde(flatten)]
+    detail: Option<Detail<'a>>,
+    history: Vec<MarkJson>,
+}
+
+#[derive(Serialize)]
+struct MarkJson {
+    status: &'static str,
+    metric: Option<f64>,
+    latency_ms: f64,
+    timestamp: String,
+}
+
+/// `/status?format=json`: the page's data.
+pub fn status_json(page: &StatusPage<'_>) -> Body {
+    let status = match (page.draining, page.ready) {
+        (true, _) => "draining",
+        (false, true) => "ready",
+        (false, false) => "not_ready",
+    };
+    let subsystems = page.details.then(|| {
+        page.subsystems
+            .iter()
+            .map(|s| SubsystemJson {
+                name: s.name,
+                measurement: s.outcome.map(|o| o.measurement.as_str()),
+                detail: s.outcome.map(Detail::of),
+                history: s
+                    .recent
+                    .iter()
+                    .map(|mark| MarkJson {
+                        status: mark.status.as_str(),
+                        metric: mark.metric,
+                        latency_ms: mark.latency.as_secs_f64() * 1e3,
+                        timestamp: timestamp(mark.at),
+                    })
+                    .collect(),
+            })
+            .collect()
+    });
+    let body = StatusJson {
+        status,
+        version: page.version,
+        uptime_seconds: page.uptime.as_secs(),
+        timestamp: timestamp(SystemTime::now()),
+        subsystems,
+    };
+    Body::json(200, &body)
 }
 
 /// `/ready` while the service drains before shutting down: not ready, whatever the checks say.

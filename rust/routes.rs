@@ -13,6 +13,10 @@ pub enum Endpoint<'a> {
     Ready,
     /// `/ready/<name>`: one subsystem.
     ReadyOne(&'a str),
+    /// Prometheus metrics.
+    Metrics,
+    /// The status page (HTML, or its data as JSON).
+    Status,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,16 +33,25 @@ pub enum Route<'a> {
 /// The `Allow` header value sent with 405s.
 pub const ALLOWED_METHODS: &str = "GET, HEAD";
 
-pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
-    let endpoint = match path {
+/// The endpoint a path names, whatever the method.
+pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
+    Some(match path {
         "/health" => Endpoint::Health,
         "/ready" => Endpoint::Ready,
         "/live" => Endpoint::Live,
         "/startup" => Endpoint::Startup,
+        "/metrics" => Endpoint::Metrics,
+        "/status" => Endpoint::Status,
         _ => match path.strip_prefix("/ready/") {
             Some(name) if !name.is_empty() && !name.contains('/') => Endpoint::ReadyOne(name),
-            _ => return Route::NotFound,
+            _ => return None,
         },
+    })
+}
+
+pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
+    let Some(endpoint) = endpoint(path) else {
+        return Route::NotFound;
     };
     match method {
         "GET" => Route::Serve { endpoint, head: false },

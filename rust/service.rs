@@ -19,8 +19,9 @@ use tokio::runtime::Handle;
 
 use crate::access_log::{self, AccessLog};
 use crate::cache::{Entry, Lookup, Refresh, TtlCache};
-use crate::checks::{start_round, FnProbe, Policy, Report, Subsystem};
+use crate::checks::{start_round, FnProbe, Policy, Report, Status, Subsystem};
 use crate::heartbeat::Heartbeat;
+use crate::metrics::{self, CacheEndpoint, CacheResult, CheckView, Metrics, RouteLabel, Scrape};
 use crate::render::{self, Body, Format, View};
 use crate::routes::{bearer_matches, route, Endpoint, Query, Route};
 use crate::subsystems::Phoenix;
@@ -131,6 +132,8 @@ pub struct Settings {
     /// and before readiness does (smaller: a wedged worker leaves the load balancer before a restart).
     pub live_stale: Duration,
     pub ready_stale: Duration,
+    /// Whether requests and checks are recorded and `/metrics` is served.
+    pub metrics: bool,
 }
 
 impl Settings {
@@ -163,6 +166,7 @@ impl Settings {
             ready_ttl: Duration::from_millis(ready_ttl_ms),
             check_timeout: Duration::from_millis(check_timeout_ms),
             details: Details::parse(details, token)?,
+            metrics: true,
         })
     }
 }
@@ -206,21 +210,36 @@ impl Reply {
     }
 }
 
-/// A request routed: answered already, or a readiness request whose answer depends on its query and
-/// headers, which the binding then reads (only readiness requests pay for reading them).
+/// A request routed: answered already, or one whose answer depends on its query and headers, which
+/// the binding then reads (only those requests pay for reading them) and hands to `answer`.
 pub enum Routed<'a> {
     Reply(Reply),
-    Readiness(Readiness<'a>),
+    Detailed(Detailed<'a>),
+}
+
+/// A request answered from its query and headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Detailed<'a> {
+    asks: Asks<'a>,
+    head: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Asks<'a> {
+    /// `/ready` (`None`) or `/ready/<one>`.
+    Ready(Option<&'a str>),
+    Metrics,
+    Status,
 }
 
 /// `/ready` (`one` is `None`) or `/ready/<one>`.
 #[derive(Debug, Clone, Copy)]
-pub struct Readiness<'a> {
+struct Readiness<'a> {
     one: Option<&'a str>,
     head: bool,
 }
 
-/// The parts of a readiness request its answer depends on.
+/// The parts of a request its answer depends on.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Parts<'a> {
     pub query: &'a str,
@@ -277,6 +296,16 @@ impl Drop for RoundEnd {
     }
 }
 
+/// What asking for a readiness refresh did.
+enum Refreshed {
+    /// Ran a round that completed at once: its entry.
+    Inline(Arc<Entry<ReadyEntry>>),
+    /// Started a round that is still running.
+    Started,
+    /// Nothing: another request's round is refreshing the entry, or just has.
+    Elsewhere,
+}
+
 /// A round's report now, when every check answered at once, or the future of it.
 pub enum RoundRun {
     Done(Report),
@@ -305,11 +334,14 @@ pub struct Service {
     live: Arc<Response>,
     starting: Arc<Response>,
     started_up: Arc<Response>,
+    metrics_on: AtomicBool,
+    metrics: Metrics,
 }
 
 impl Service {
     pub fn new(settings: Settings, runtime: impl Fn() -> Handle + Send + Sync + 'static) -> Arc<Self> {
-        let Settings { health_ttl, ready_ttl, check_timeout, details, live_stale, ready_stale } = settings;
+        let Settings { health_ttl, ready_ttl, check_timeout, details, live_stale, ready_stale, metrics } =
+            settings;
         let service = Self {
             started: Instant::now(),
             // A stale entry may be served for one more TTL while its refresh runs; past that, callers
@@ -330,6 +362,8 @@ impl Service {
             live: Response::new(render::live(None, false)),
             starting: Response::new(render::startup(false)),
             started_up: Response::new(render::startup(true)),
+            metrics_on: AtomicBool::new(metrics),
+            metrics: Metrics::default(),
         };
         service.health.insert(service.render_health());
         Arc::new(service)
@@ -485,21 +519,29 @@ impl Service {
             Endpoint::Live => self.live(),
             Endpoint::Startup if self.is_started() => Arc::clone(&self.started_up),
             Endpoint::Startup => Arc::clone(&self.starting),
-            Endpoint::Ready => return Routed::Readiness(Readiness { one: None, head }),
-            Endpoint::ReadyOne(name) => return Routed::Readiness(Readiness { one: Some(name), head }),
+            Endpoint::Ready => return Routed::Detailed(Detailed { asks: Asks::Ready(None), head }),
+            Endpoint::ReadyOne(name) => {
+                return Routed::Detailed(Detailed { asks: Asks::Ready(Some(name)), head })
+            }
+            Endpoint::Metrics if self.metrics_on() => {
+                return Routed::Detailed(Detailed { asks: Asks::Metrics, head })
+            }
+            Endpoint::Metrics => return Routed::Reply(self.error(404)),
+            Endpoint::Status => return Routed::Detailed(Detailed { asks: Asks::Status, head }),
         };
         Routed::Reply(Reply { response, head })
     }
 
     /// The readiness of the kernel (`one` is `None`) or of one subsystem, as `/ready[/<one>]` asks,
     /// for callers that name it otherwise (gRPC health).
-    pub fn readiness(one: Option<&str>) -> Readiness<'_> {
-        Readiness { one, head: false }
+    pub fn readiness(one: Option<&str>) -> Detailed<'_> {
+        Detailed { asks: Asks::Ready(one), head: false }
     }
 
-    /// A readiness answer, waiting for the round in flight when nothing servable is cached.
-    pub async fn answer_ready(self: &Arc<Self>, readiness: Readiness<'_>, parts: Parts<'_>) -> Reply {
-        if let Answer::Reply(reply) = self.ready(readiness, parts) {
+    /// The answer to a detailed request, waiting for the round in flight when a readiness request
+    /// finds nothing servable cached.
+    pub async fn answer_ready(self: &Arc<Self>, detailed: Detailed<'_>, parts: Parts<'_>) -> Reply {
+        if let Answer::Reply(reply) = self.answer(detailed, parts) {
             return reply;
         }
         let (ended, end) = tokio::sync::oneshot::channel();
@@ -511,21 +553,34 @@ impl Service {
         {
             let _ = end.await;
         }
-        self.ready_latest(readiness, parts)
+        self.ready_latest(detailed, parts)
     }
 
-    /// A readiness answer from the cache, starting a round when one is due; `Wait` when nothing
-    /// servable is left (a cold cache, or an entry too old to serve).
-    pub fn ready(self: &Arc<Self>, readiness: Readiness<'_>, parts: Parts<'_>) -> Answer {
-        let request = match self.ready_request(readiness, parts) {
+    /// The answer to a detailed request. A readiness answer comes from the cache, starting a round
+    /// when one is due; `Wait` when nothing servable is left (a cold cache, or an entry too old).
+    pub fn answer(self: &Arc<Self>, detailed: Detailed<'_>, parts: Parts<'_>) -> Answer {
+        let one = match detailed.asks {
+            Asks::Ready(one) => one,
+            Asks::Metrics => return Answer::Reply(self.metrics_reply(parts, detailed.head)),
+            Asks::Status => return Answer::Reply(self.status_reply(parts, detailed.head)),
+        };
+        let request = match self.ready_request(Readiness { one, head: detailed.head }, parts) {
             Ok(request) => request,
             Err(answered) => return Answer::Reply(answered),
         };
         if let Some(hit) = self.ready.read_fresh(|entry| self.ready_reply(entry, &request)) {
+            self.metrics.cache(CacheEndpoint::Ready, CacheResult::Hit);
             return Answer::Reply(hit);
         }
+        let refreshed = self.refresh_ready();
+        let result = if matches!(refreshed, Refreshed::Elsewhere) {
+            CacheResult::Coalesced
+        } else {
+            CacheResult::Miss
+        };
+        self.metrics.cache(CacheEndpoint::Ready, result);
         // A round that completed inline was this request's own: its answer, however short the TTL.
-        if let Some(entry) = self.refresh_ready() {
+        if let Refreshed::Inline(entry) = refreshed {
             return Answer::Reply(self.ready_reply(&entry.value, &request));
         }
         match self.ready.lookup() {
@@ -536,11 +591,104 @@ impl Service {
         }
     }
 
+    /// `/metrics`: every series, in the format the scraper asks for. Shown to whoever may see
+    /// readiness details, except that `never` still serves them: they hold names and numbers, never an
+    /// error text, and a scraper beyond loopback is their point.
+    fn metrics_reply(&self, parts: Parts<'_>, head: bool) -> Reply {
+        if self.details.mode() == DetailsPolicy::TOKEN && !self.details.shown_to(parts.authorization) {
+            return self.error(401);
+        }
+        let openmetrics = metrics::wants_openmetrics(parts.accept);
+        let subsystems = self.subsystems.load();
+        let statuses: Vec<Status> = subsystems.iter().map(|s| s.status()).collect();
+        let scrape = Scrape {
+            version: env!("CARGO_PKG_VERSION"),
+            ready: self.is_ready(),
+            draining: self.draining(),
+            uptime: self.started.elapsed(),
+            loop_lag: self.heartbeat.worst().map(Duration::from_millis),
+            metrics: &self.metrics,
+            checks: subsystems
+                .iter()
+                .zip(&statuses)
+                .map(|(s, status)| CheckView { name: &s.name, status: status.as_str(), metrics: &s.metrics })
+                .collect(),
+        };
+        let body = Body {
+            status: 200,
+            content_type: if openmetrics { metrics::OPENMETRICS } else { metrics::PROMETHEUS_TEXT },
+            bytes: scrape.render(openmetrics).into(),
+        };
+        Reply { response: Response::new(body), head }
+    }
+
+    /// Whether `/ready` would answer 200 now, from the newest round.
+    fn is_ready(&self) -> bool {
+        !self.draining()
+            && self.heartbeat.ready_stalled().is_none()
+            && self.ready.newest().is_some_and(|entry| entry.value.report.ready())
+    }
+
+    /// `/status`: the status page, or with `?format=json` its data (each subsystem with its recent
+    /// runs), under the details policy.
+    fn status_reply(&self, parts: Parts<'_>, head: bool) -> Reply {
+        let wants_json =
+            form_urlencoded::parse(parts.query.as_bytes()).any(|(k, v)| k == "format" && v == "json");
+        let body = if wants_json {
+            let details = self.details.shown_to(parts.authorization);
+            let subsystems = self.subsystems.load();
+            let latest = self.ready.newest();
+            let report = latest.as_ref().map(|entry| &entry.value.report);
+            let status = render::StatusPage {
+                ready: self.is_ready(),
+                draining: self.draining(),
+                uptime: self.started.elapsed(),
+                version: env!("CARGO_PKG_VERSION"),
+                details,
+                subsystems: subsystems
+                    .iter()
+                    .map(|s| render::StatusOfSubsystem {
+                        outcome: report.and_then(|r| r.get(&s.name)),
+                        name: &s.name,
+                        recent: s.recent(),
+                    })
+                    .collect(),
+            };
+            render::status_json(&status)
+        } else {
+            render::status_page()
+        };
+        Reply { response: Response::new(body), head }
+    }
+
+    /// Counts an answered request in the metrics (a no-op with metrics off).
+    pub fn record(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+        if self.metrics_on() {
+            self.metrics.request(RouteLabel::of(crate::routes::endpoint(path)), method, status, elapsed);
+        }
+    }
+
+    pub fn metrics_on(&self) -> bool {
+        self.metrics_on.load(Ordering::Relaxed)
+    }
+
+    /// Switches recording and `/metrics` on or off (what was recorded stays).
+    pub fn set_metrics(&self, on: bool) {
+        self.metrics_on.store(on, Ordering::Relaxed);
+    }
+
     /// Answers a readiness request from the newest round whatever its age: for requests that have just
     /// waited for that round (with a TTL of 0 every entry is born stale, yet it is theirs). Never
     /// starts a round.
-    pub fn ready_latest(&self, readiness: Readiness<'_>, parts: Parts<'_>) -> Reply {
-        let request = match self.ready_request(readiness, parts) {
+    pub fn ready_latest(self: &Arc<Self>, detailed: Detailed<'_>, parts: Parts<'_>) -> Reply {
+        let Asks::Ready(one) = detailed.asks else {
+            // Only readiness ever waits; anything else is answered as it stands.
+            return match self.answer(detailed, parts) {
+                Answer::Reply(reply) => reply,
+                Answer::Wait => self.error(503),
+            };
+        };
+        let request = match self.ready_request(Readiness { one, head: detailed.head }, parts) {
             Ok(request) => request,
             Err(answered) => return answered,
         };
@@ -580,15 +728,22 @@ impl Service {
 
     fn health(&self) -> Arc<Response> {
         if let Some(hit) = self.health.read_fresh(Arc::clone) {
+            self.metrics.cache(CacheEndpoint::Health, CacheResult::Hit);
             return hit;
         }
-        match (self.health.try_begin_refresh(), self.health.lookup()) {
-            (Some(refresh), _) => Arc::clone(&refresh.finish(self.render_health()).value),
-            (None, Lookup::Fresh(entry) | Lookup::Stale(entry)) => Arc::clone(&entry.value),
+        let (result, response) = match (self.health.try_begin_refresh(), self.health.lookup()) {
+            (Some(refresh), _) => {
+                (CacheResult::Miss, Arc::clone(&refresh.finish(self.render_health()).value))
+            }
+            (None, Lookup::Fresh(entry) | Lookup::Stale(entry)) => {
+                (CacheResult::Coalesced, Arc::clone(&entry.value))
+            }
             // Someone else is rendering and nothing servable is left: rendering is cheap, so render
             // for this request only rather than wait.
-            (None, Lookup::Missing) => self.render_health(),
-        }
+            (None, Lookup::Missing) => (CacheResult::Miss, self.render_health()),
+        };
+        self.metrics.cache(CacheEndpoint::Health, result);
+        response
     }
 
     /// What a readiness request asks for, or its answer when that needs no round: a 400 for a bad
@@ -653,26 +808,27 @@ impl Service {
         self.round.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a round now, unless one is in flight or the entry has just been refreshed. Returns the
-    /// new entry when the round completed inline.
-    fn refresh_ready(self: &Arc<Self>) -> Option<Arc<Entry<ReadyEntry>>> {
-        let refresh = self.ready.try_begin_refresh()?;
+    /// Starts a round now, unless one is in flight or the entry has just been refreshed.
+    fn refresh_ready(self: &Arc<Self>) -> Refreshed {
+        let Some(refresh) = self.ready.try_begin_refresh() else {
+            return Refreshed::Elsewhere;
+        };
         // The round before may have finished between the caller's look and this claim: then the
         // entry is fresh again and another round would answer the same burst twice.
         if self.ready.read_fresh(|_| ()).is_some() {
-            return None;
+            return Refreshed::Elsewhere;
         }
         self.lock_round().in_flight = true;
         let end = RoundEnd(Arc::clone(self));
         match self.run_round() {
-            RoundRun::Done(report) => Some(self.finish_round(refresh, report, end)),
+            RoundRun::Done(report) => Refreshed::Inline(self.finish_round(refresh, report, end)),
             RoundRun::Running(round) => {
                 let this = Arc::clone(self);
                 (self.runtime)().spawn(async move {
                     let report = round.await;
                     this.finish_round(refresh, report, end);
                 });
-                None
+                Refreshed::Started
             }
         }
     }
@@ -691,7 +847,7 @@ impl Service {
     /// Starts a round if there has never been one (a caller about to wait for it).
     pub fn ensure_round(self: &Arc<Self>) {
         if self.ready.newest().is_none() {
-            let _ = self.refresh_ready();
+            self.refresh_ready();
         }
     }
 
@@ -789,6 +945,7 @@ mod tests {
                 details,
                 live_stale: Duration::from_secs(5),
                 ready_stale: Duration::from_secs(2),
+                metrics: true,
             },
             move || rt.clone(),
         )
@@ -817,7 +974,7 @@ mod tests {
     fn get(service: &Arc<Service>, path: &str, parts: Parts<'_>) -> Option<Reply> {
         match service.route("GET", path) {
             Routed::Reply(reply) => Some(reply),
-            Routed::Readiness(readiness) => match service.ready(readiness, parts) {
+            Routed::Detailed(detailed) => match service.answer(detailed, parts) {
                 Answer::Reply(reply) => Some(reply),
                 Answer::Wait => None,
             },
@@ -836,9 +993,9 @@ mod tests {
         serde_json::from_slice(&reply.response.body.bytes).unwrap()
     }
 
-    fn readiness(service: &Service) -> Readiness<'static> {
+    fn readiness(service: &Service) -> Detailed<'static> {
         match service.route("GET", "/ready") {
-            Routed::Readiness(readiness) => readiness,
+            Routed::Detailed(detailed) => detailed,
             Routed::Reply(_) => unreachable!("/ready is a readiness request"),
         }
     }
@@ -1019,10 +1176,10 @@ mod tests {
             panic!("a 405 is answered at once");
         };
         assert_eq!(post.status(), 405);
-        let Routed::Readiness(head) = service.route("HEAD", "/ready") else {
+        let Routed::Detailed(head) = service.route("HEAD", "/ready") else {
             panic!("HEAD /ready is a readiness request");
         };
-        let Answer::Reply(reply) = service.ready(head, Parts::default()) else {
+        let Answer::Reply(reply) = service.answer(head, Parts::default()) else {
             panic!("answered inline");
         };
         assert!(reply.head);
@@ -1072,5 +1229,121 @@ mod tests {
         assert_eq!(Details::parse("token", Some("t".into())), Ok(Details::Token("t".into())));
         assert!(Details::parse("token", Some(String::new())).is_err());
         assert!(Details::parse("sometimes", None).unwrap_err().contains("sometimes"));
+    }
+
+    fn text(reply: &Reply) -> String {
+        String::from_utf8(reply.response.body.bytes.to_vec()).unwrap()
+    }
+
+    /// The value of the one sample line starting with `series` (name and labels).
+    fn sample(scrape: &str, series: &str) -> Option<f64> {
+        let line =
+            scrape.lines().find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))?;
+        line.rsplit(' ').next()?.parse().ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_count_cache_answers_and_check_runs() {
+        let service = service(Details::Always);
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
+        service.add(check("slow", counted(Duration::from_secs(60), 1.0).0)).unwrap();
+        // A cold cache: the first request starts the round (a miss), the second waits for it.
+        assert!(get(&service, "/ready", Parts::default()).is_none());
+        assert!(get(&service, "/ready", Parts::default()).is_none());
+        round_ended(&service).await;
+        assert_eq!(get(&service, "/ready", Parts::default()).unwrap().status(), 503);
+        // The health entry rendered at start-up is stale by now: refreshed once, then a hit.
+        get(&service, "/health", Parts::default()).unwrap();
+        get(&service, "/health", Parts::default()).unwrap();
+        let scrape = text(&get(&service, "/metrics", Parts::default()).unwrap());
+        let cache = |endpoint: &str, result: &str| {
+            sample(
+                &scrape,
+                &format!("phoenix_cache_requests_total{{endpoint=\"{endpoint}\",result=\"{result}\"}}"),
+            )
+        };
+        assert_eq!(cache("ready", "miss"), Some(1.0), "{scrape}");
+        assert_eq!(cache("ready", "coalesced"), Some(1.0));
+        assert_eq!(cache("ready", "hit"), Some(1.0));
+        assert_eq!((cache("health", "miss"), cache("health", "hit")), (Some(1.0), Some(1.0)));
+        assert_eq!(sample(&scrape, "phoenix_check_runs_total{check=\"db\",result=\"pass\"}"), Some(1.0));
+        assert_eq!(sample(&scrape, "phoenix_check_runs_total{check=\"slow\",result=\"timeout\"}"), Some(1.0));
+        assert_eq!(sample(&scrape, "phoenix_check_status{check=\"slow\",status=\"fail\"}"), Some(1.0));
+        assert_eq!(sample(&scrape, "phoenix_ready"), Some(0.0));
+        // A timed-out run took its whole timeout.
+        assert_eq!(sample(&scrape, "phoenix_check_duration_seconds_sum{check=\"slow\"}"), Some(0.5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_are_negotiated_guarded_by_a_token_and_can_be_switched_off() {
+        let service = service(Details::Token("s3cret".to_owned()));
+        let asks = |accept, authorization| Parts { query: "", accept, authorization };
+        assert_eq!(get(&service, "/metrics", asks(None, None)).unwrap().status(), 401);
+        let plain = get(&service, "/metrics", asks(None, Some("Bearer s3cret"))).unwrap();
+        assert_eq!((plain.status(), plain.response.body.content_type), (200, metrics::PROMETHEUS_TEXT));
+        let open =
+            get(&service, "/metrics", asks(Some("application/openmetrics-text"), Some("Bearer s3cret")));
+        let open = open.unwrap();
+        assert_eq!(open.response.body.content_type, metrics::OPENMETRICS);
+        assert!(text(&open).ends_with("# EOF\n"));
+        service.set_metrics(false);
+        assert_eq!(get(&service, "/metrics", asks(None, Some("Bearer s3cret"))).unwrap().status(), 404);
+        // "never" hides readiness details, not metrics: they hold no error text.
+        let service = self::service(Details::Never);
+        assert_eq!(get(&service, "/metrics", Parts::default()).unwrap().status(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_requests_are_counted_under_their_route_template() {
+        let service = service(Details::Always);
+        service.record("GET", "/ready/db", 200, Duration::from_micros(40));
+        service.record("GET", "/nope", 404, Duration::from_micros(10));
+        service.set_metrics(false);
+        service.record("GET", "/nope", 404, Duration::from_micros(10));
+        service.set_metrics(true);
+        let scrape = text(&get(&service, "/metrics", Parts::default()).unwrap());
+        let requests = |labels: &str| sample(&scrape, &format!("phoenix_http_requests_total{{{labels}}}"));
+        assert_eq!(requests("route=\"/ready/{name}\",method=\"GET\",code=\"200\""), Some(1.0), "{scrape}");
+        assert_eq!(requests("route=\"other\",method=\"GET\",code=\"404\""), Some(1.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_page_data_carries_each_subsystems_history_under_the_details_policy() {
+        let service = service(Details::Token("s3cret".to_owned()));
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
+        for _ in 0..3 {
+            get(&service, "/ready", Parts::default()).unwrap();
+            tokio::time::advance(TTL).await;
+        }
+        let data = |authorization| {
+            json(
+                &get(&service, "/status", Parts { query: "format=json", accept: None, authorization })
+                    .unwrap(),
+            )
+        };
+        let shown = data(Some("Bearer s3cret"));
+        assert_eq!(shown["status"], "ready");
+        let db = &shown["subsystems"][0];
+        assert_eq!((db["name"].as_str(), db["status"].as_str()), (Some("db"), Some("pass")));
+        assert_eq!(db["history"].as_array().unwrap().len(), 3);
+        assert_eq!(db["history"][2]["status"], "pass");
+        let hidden = data(None);
+        assert_eq!(hidden["status"], "ready");
+        assert!(hidden.get("subsystems").is_none(), "{hidden}");
+        let page = get(&service, "/status", Parts::default()).unwrap();
+        assert_eq!(page.response.body.content_type, render::HTML);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subsystem_remembers_only_its_latest_runs() {
+        let service = service(Details::Always);
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
+        for _ in 0..crate::checks::RECENT_RUNS + 5 {
+            get(&service, "/ready", Parts::default()).unwrap();
+            tokio::time::advance(TTL).await;
+        }
+        let data =
+            json(&get(&service, "/status", Parts { query: "format=json", ..Parts::default() }).unwrap());
+        assert_eq!(data["subsystems"][0]["history"].as_array().unwrap().len(), crate::checks::RECENT_RUNS);
     }
 }

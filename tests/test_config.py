@@ -163,6 +163,7 @@ def test_kernel_defaults_are_the_tables() -> None:
         "probe_host",
         "live_stale_ms",
         "ready_stale_ms",
+        "metrics",
     ]
     assert {name: kernel[name].default for name in options} == {
         name: getattr(DEFAULTS, name) for name in options

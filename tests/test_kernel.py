@@ -300,4 +300,4 @@ def test_requests_waiting_on_two_event_loops_are_each_woken_on_their_own() -> No
 @pytest.mark.parametrize("elapsed_s", [float("nan"), float("inf"), -1.0])
 def test_a_request_log_time_that_is_not_a_duration_is_a_clear_error(elapsed_s: float) -> None:
     with pytest.raises(ValueError, match="elapsed_s must be a finite number of seconds"):
-        Kernel()._core.log_request("GET", "/health", 200, elapsed_s)
+        Kernel()._core.record_request("GET", "/health", 200, elapsed_s)

@@ -65,10 +65,12 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
     ``logging`` call per request would cost as much as serving it. It still honours the ``phoenix.api``
     logger's level, as it stands when the handler is built."""
     logged = request_log and _access.isEnabledFor(logging.INFO)
-    # `serve` times and logs, in the core, every answer it gives; only the rare answers given here
-    # (after waiting for a round, or a 500) are logged from Python.
-    route = core.serve if logged else core.route
-    log_request = core.log_request
+    core.log_requests(logged)
+    timed = logged or core.metrics
+    # `serve` times every answer it gives, counts it in the metrics and logs it, all in the core; only
+    # the rare answers given here (after waiting for a round, or a 500) are reported from Python.
+    route = core.serve if timed else core.route
+    record_request = core.record_request
 
     # `_respond` inlined: an extra coroutine per request is a measurable share of a cache hit.
     async def handle(scope: _RSGIScope, proto: _RSGIProtocol) -> None:
@@ -80,13 +82,13 @@ def rsgi_handler(core: _core.Core, *, request_log: bool) -> RSGIHandler:
             if response is None:
                 waited = time.perf_counter()
                 response = await _after_round(core, method, path, scope)
-                if logged:
-                    log_request(method, path, response[0], time.perf_counter() - waited)
+                if timed:
+                    record_request(method, path, response[0], time.perf_counter() - waited)
         except Exception:
             response = _internal_error(core, method, path)
-            if logged:
+            if timed:
                 # The failure's own traceback is logged by `_internal_error`; no latency to report.
-                log_request(method, path, response[0], 0.0)
+                record_request(method, path, response[0], 0.0)
         # Unpacked, not `*response`: a plain vectorcall into Granian is cheaper than an argument tuple.
         status, headers, body = response
         proto.response_bytes(status, headers, body)
@@ -170,7 +172,8 @@ class ASGIApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
+        elapsed = time.perf_counter() - started
+        self._core.record_request(method, path, status, elapsed)
         # Mounted in a host application, the request log goes through `logging` like the host's own.
         if self._request_log:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            _access.info("%s %s %d %.3fms", method, path, status, elapsed_ms)
+            _access.info("%s %s %d %.3fms", method, path, status, elapsed * 1000)

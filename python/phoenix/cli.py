@@ -55,6 +55,7 @@ def load_kernel(settings: Settings) -> Kernel:
             probe_host=settings.probe_host,
             live_stale_ms=settings.live_stale_ms,
             ready_stale_ms=settings.ready_stale_ms,
+            metrics=settings.metrics,
         )
     module_name, _, attr_path = settings.app.partition(":")
     try:
@@ -82,11 +83,14 @@ def load_kernel(settings: Settings) -> Kernel:
 
 def served_kernel(settings: Settings) -> Kernel:
     """The kernel ``phoenix serve`` runs, built once in the parent (to fail early and to learn its drain)
-    and again in each worker. Its own request log, drain and probe listener hold unless the command line,
-    environment or config file sets them; its other settings shape the default kernel only."""
+    and again in each worker. Its own request log, metrics, drain and probe listener hold unless the
+    command line, environment or config file sets them; its other settings shape the default kernel
+    only."""
     kernel = load_kernel(settings)
     if "request_log" in settings.explicit:
         kernel.request_log = settings.request_log
+    if "metrics" in settings.explicit:
+        kernel.metrics = settings.metrics
     if "shutdown_drain_ms" in settings.explicit:
         kernel.shutdown_drain_ms = settings.shutdown_drain_ms
     if "probe_port" in settings.explicit:

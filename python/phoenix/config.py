@@ -149,6 +149,9 @@ KEYS: Final = (
         help="How far behind its heartbeat the event loop may fall before readiness answers 503 "
         "'stalled', in milliseconds; at most live_stale_ms, so a wedged worker leaves the Service before "
         "it is restarted."),
+    Key("metrics", True, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
+        help="Record requests and check runs and serve them at /metrics (Prometheus or OpenMetrics text; "
+        "with details = 'token', the token is required)."),
     Key("request_log", True, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
         help="Log method, path, status and latency of each request to the 'phoenix.api' logger."),
     Key("details", None, _text, "one of " + ", ".join(DETAILS_MODES), valid=DETAILS_MODES.__contains__,
@@ -184,6 +187,7 @@ class Settings:
     check_timeout_ms: int
     live_stale_ms: int
     ready_stale_ms: int
+    metrics: bool
     request_log: bool
     details: str | None
     token: str | None

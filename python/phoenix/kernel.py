@@ -59,6 +59,7 @@ class Kernel:
         probe_host: str = DEFAULTS.probe_host,
         live_stale_ms: int = DEFAULTS.live_stale_ms,
         ready_stale_ms: int = DEFAULTS.ready_stale_ms,
+        metrics: bool = DEFAULTS.metrics,
     ) -> None:
         # Unset details show everything until a server settles them for the address it serves on.
         self._core = _core.Core(
@@ -69,6 +70,7 @@ class Kernel:
             token,
             live_stale_ms,
             ready_stale_ms,
+            metrics,
         )
         self._details = details
         self._token = token
@@ -101,8 +103,18 @@ class Kernel:
     def request_log(self, enabled: bool) -> None:
         self._request_log = enabled
         # Granian looks the RSGI entry point up on the object it serves; the handler is built for the
-        # setting rather than testing it per request.
+        # settings rather than testing them per request.
         self.__rsgi__: RSGIHandler = rsgi_handler(self._core, request_log=enabled)
+
+    @property
+    def metrics(self) -> bool:
+        """Whether requests and check runs are recorded and served at ``/metrics``."""
+        return self._core.metrics
+
+    @metrics.setter
+    def metrics(self, enabled: bool) -> None:
+        self._core.set_metrics(enabled)
+        self.request_log = self._request_log  # the handler times requests only when metrics need it
 
     def subsystem(
         self,

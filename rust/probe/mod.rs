@@ -174,7 +174,7 @@ fn answer(state: &Arc<Listener>, request: Request<Incoming>) -> Answering {
     let (method, path) = (request.method().as_str(), request.uri().path());
     let reply = match state.service.route(method, path) {
         Routed::Reply(reply) => reply,
-        Routed::Readiness(readiness) => match state.service.ready(readiness, parts(state, &request)) {
+        Routed::Detailed(detailed) => match state.service.answer(detailed, parts(state, &request)) {
             Answer::Reply(reply) => reply,
             Answer::Wait => {
                 return future::Either::Right(Box::pin(wait_for_round(Arc::clone(state), request, started)))
@@ -188,7 +188,7 @@ fn answer(state: &Arc<Listener>, request: Request<Incoming>) -> Answering {
 async fn wait_for_round(state: Arc<Listener>, request: Request<Incoming>, started: Instant) -> Answered {
     let (method, path) = (request.method().as_str(), request.uri().path());
     let reply = match state.service.route(method, path) {
-        Routed::Readiness(readiness) => state.service.answer_ready(readiness, parts(&state, &request)).await,
+        Routed::Detailed(detailed) => state.service.answer_ready(detailed, parts(&state, &request)).await,
         Routed::Reply(reply) => reply,
     };
     Ok(respond(&state, method, path, &reply, started))
@@ -211,8 +211,10 @@ fn respond(
     reply: &Reply,
     started: Instant,
 ) -> Response<ProbeBody> {
+    let elapsed = started.elapsed();
+    state.service.record(method, path, reply.status(), elapsed);
     if state.request_log {
-        state.service.log(method, path, reply.status(), started.elapsed());
+        state.service.log(method, path, reply.status(), elapsed);
     }
     http_response(reply).map(Either::Left)
 }

@@ -7,6 +7,7 @@ mod probes;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,8 @@ struct Core {
     event_loop: Arc<ArcSwapOption<Py<PyAny>>>,
     /// Where the probe listener listens, once started.
     probe: Mutex<Option<SocketAddr>>,
+    /// Whether `serve` and `record_request` write request-log lines (the RSGI path's choice).
+    request_log: AtomicBool,
 }
 
 impl Core {
@@ -107,14 +110,21 @@ impl Core {
     }
 
     fn reply(&self, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> PyResult<Option<Reply>> {
-        let readiness = match self.service.route(method, path) {
+        let detailed = match self.service.route(method, path) {
             Routed::Reply(reply) => return Ok(Some(reply)),
-            Routed::Readiness(readiness) => readiness,
+            Routed::Detailed(detailed) => detailed,
         };
-        Ok(match self.with_parts(scope, |parts| self.service.ready(readiness, parts))? {
+        Ok(match self.with_parts(scope, |parts| self.service.answer(detailed, parts))? {
             Answer::Reply(reply) => Some(reply),
             Answer::Wait => None,
         })
+    }
+
+    fn finished(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+        self.service.record(method, path, status, elapsed);
+        if self.request_log.load(Ordering::Relaxed) {
+            self.service.log(method, path, status, elapsed);
+        }
     }
 
     fn bind_running_loop(&self, py: Python<'_>) {
@@ -126,7 +136,9 @@ impl Core {
 
 #[pymethods]
 impl Core {
+    /// One argument per setting, as `phoenix.Kernel` passes them from the config.
     #[new]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         health_ttl_ms: u64,
         ready_ttl_ms: u64,
@@ -135,8 +147,9 @@ impl Core {
         token: Option<String>,
         live_stale_ms: u64,
         ready_stale_ms: u64,
+        metrics: bool,
     ) -> PyResult<Self> {
-        let settings = Settings::from_millis(
+        let mut settings = Settings::from_millis(
             health_ttl_ms,
             ready_ttl_ms,
             check_timeout_ms,
@@ -144,9 +157,16 @@ impl Core {
             token,
             live_stale_ms,
             ready_stale_ms,
-        );
-        let service = Service::new(settings.map_err(PyValueError::new_err)?, || runtime().handle().clone());
-        Ok(Self { service, event_loop: Arc::default(), probe: Mutex::default() })
+        )
+        .map_err(PyValueError::new_err)?;
+        settings.metrics = metrics;
+        let service = Service::new(settings, || runtime().handle().clone());
+        Ok(Self {
+            service,
+            event_loop: Arc::default(),
+            probe: Mutex::default(),
+            request_log: AtomicBool::new(false),
+        })
     }
 
     /// Starts the probe listener on `host:port` (once: later calls return where it listens) and
@@ -184,14 +204,30 @@ impl Core {
         self.reply(method, path, scope)?.map(|reply| self.python(py, &reply)).transpose()
     }
 
-    /// `route`, plus the request-log line for every answer it gives (the served RSGI path).
+    /// `route`, timed: every answer it gives is counted in the metrics and, with the request log on,
+    /// logged (the served RSGI path).
     fn serve(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Routing {
         let started = Instant::now();
         let reply = self.reply(method, path, scope)?;
         if let Some(reply) = &reply {
-            self.service.log(method, path, reply.status(), started.elapsed());
+            self.finished(method, path, reply.status(), started.elapsed());
         }
         reply.map(|reply| self.python(py, &reply)).transpose()
+    }
+
+    /// Whether `serve` and `record_request` write request-log lines from now on.
+    fn log_requests(&self, on: bool) {
+        self.request_log.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether requests are counted in the metrics (then the server must time them with `serve`).
+    #[getter]
+    fn metrics(&self) -> bool {
+        self.service.metrics_on()
+    }
+
+    fn set_metrics(&self, on: bool) {
+        self.service.set_metrics(on);
     }
 
     /// An asyncio future resolved when the round in flight ends (at once if none is; a first round is
@@ -212,10 +248,10 @@ impl Core {
 
     /// Answers a readiness request from the newest round, whatever its age: the one it waited for.
     fn route_latest(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Answered {
-        let Routed::Readiness(readiness) = self.service.route(method, path) else {
+        let Routed::Detailed(detailed) = self.service.route(method, path) else {
             return Err(PyValueError::new_err(format!("{method} {path} is not a readiness request")));
         };
-        let reply = self.with_parts(scope, |parts| self.service.ready_latest(readiness, parts))?;
+        let reply = self.with_parts(scope, |parts| self.service.ready_latest(detailed, parts))?;
         self.python(py, &reply)
     }
 
@@ -235,14 +271,15 @@ impl Core {
         Ok(())
     }
 
-    /// The RSGI path's `phoenix.api` log line for an answer given outside `serve`.
-    fn log_request(&self, method: &str, path: &str, status: u16, elapsed_s: f64) -> PyResult<()> {
+    /// An answer given outside `serve` (after waiting for a round, a 500, the ASGI path): counted in
+    /// the metrics and, with the request log on, logged.
+    fn record_request(&self, method: &str, path: &str, status: u16, elapsed_s: f64) -> PyResult<()> {
         let elapsed = Duration::try_from_secs_f64(elapsed_s).map_err(|_| {
             PyValueError::new_err(format!(
                 "elapsed_s must be a finite number of seconds >= 0, not {elapsed_s}"
             ))
         })?;
-        self.service.log(method, path, status, elapsed);
+        self.finished(method, path, status, elapsed);
         Ok(())
     }
 
