@@ -231,9 +231,14 @@ fn millis(duration: Duration) -> u64 {
 }
 
 fn board_path(port: u16) -> PathBuf {
+    shared_memory_path(&format!("phoenix-probe-{port}"))
+}
+
+/// Where a board shared by the processes of one machine lives: shared memory when there is some.
+pub(crate) fn shared_memory_path(name: &str) -> PathBuf {
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-    dir.join(format!("phoenix-probe-{port}"))
+    dir.join(name)
 }
 
 /// The monotonic clock in ms: system-wide, so stamps from different processes compare.
@@ -246,11 +251,11 @@ fn now_ms() -> u64 {
 }
 
 /// This process as a slot owner: its pid and (the low half of) its start time.
-fn this_process() -> u64 {
+pub(crate) fn this_process() -> u64 {
     owner_of(std::process::id()).unwrap_or(u64::from(std::process::id()) << 32)
 }
 
-fn owner_of(pid: u32) -> Option<u64> {
+pub(crate) fn owner_of(pid: u32) -> Option<u64> {
     // The 22nd field of /proc/<pid>/stat, after the command name in parentheses (which may hold spaces).
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -259,7 +264,7 @@ fn owner_of(pid: u32) -> Option<u64> {
 }
 
 /// Whether the process that claimed a slot as `owner` still runs (and is the same process).
-fn is_alive(owner: u64) -> bool {
+pub(crate) fn is_alive(owner: u64) -> bool {
     owner_of((owner >> 32) as u32) == Some(owner)
 }
 

@@ -105,6 +105,9 @@ def worker_kernel(settings: Settings) -> Kernel:
     kernel = served_kernel(settings)
     mode, _start_up_line = details_in_force(kernel, exposed_host(kernel, settings.host))  # the parent logs it
     kernel.details = mode
+    if kernel.metrics and settings.workers > 1 and settings.port != 0:
+        # Each worker answers scrapes for the whole server (see the README's "Several workers").
+        kernel.share_metrics(settings.port)
     return kernel
 
 

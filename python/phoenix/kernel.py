@@ -184,6 +184,13 @@ class Kernel:
             port = self._core.listen(self.probe_host, self.probe_port, self._request_log)
             self._probe_address = (self.probe_host, port)
 
+    def share_metrics(self, port: int) -> None:
+        """Publishes this process's metrics to every process serving on ``port`` (the workers of one
+        server; ``phoenix serve --workers N`` calls it in each), so that ``/metrics`` answered by any of
+        them reports the whole server. Raises :class:`PhoenixError` when the shared board cannot be
+        opened."""
+        self._core.share_metrics(port)
+
     def _beat_on(self, loop: asyncio.AbstractEventLoop) -> None:
         beat = self._core.beat
 
