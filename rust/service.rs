@@ -336,6 +336,7 @@ pub struct Service {
     starting: Arc<Response>,
     started_up: Arc<Response>,
     metrics_on: AtomicBool,
+    metrics_public: AtomicBool,
     metrics: Metrics,
     /// The board this worker publishes its metrics to, when it is one of several.
     board: OnceLock<Board>,
@@ -368,6 +369,7 @@ impl Service {
             starting: Response::new(render::startup(false)),
             started_up: Response::new(render::startup(true)),
             metrics_on: AtomicBool::new(metrics),
+            metrics_public: AtomicBool::new(false),
             metrics: Metrics::default(),
             board: OnceLock::new(),
             born: SystemTime::now(),
@@ -602,7 +604,9 @@ impl Service {
     /// readiness details, except that `never` still serves them: they hold names and numbers, never an
     /// error text, and a scraper beyond loopback is their point.
     fn metrics_reply(&self, parts: Parts<'_>, head: bool) -> Reply {
-        if self.details.mode() == DetailsPolicy::TOKEN && !self.details.shown_to(parts.authorization) {
+        let guarded =
+            self.details.mode() == DetailsPolicy::TOKEN && !self.metrics_public.load(Ordering::Relaxed);
+        if guarded && !self.details.shown_to(parts.authorization) {
             return self.error(401);
         }
         let openmetrics = metrics::wants_openmetrics(parts.accept);
@@ -731,6 +735,12 @@ impl Service {
 
     pub fn metrics_on(&self) -> bool {
         self.metrics_on.load(Ordering::Relaxed)
+    }
+
+    /// Serves `/metrics` without the token even when details need one (for a scraper that cannot send
+    /// it; the metrics hold no error text).
+    pub fn set_metrics_public(&self, public: bool) {
+        self.metrics_public.store(public, Ordering::Relaxed);
     }
 
     /// Switches recording and `/metrics` on or off (what was recorded stays).
@@ -1347,6 +1357,8 @@ mod tests {
         let open = open.unwrap();
         assert_eq!(open.response.body.content_type, metrics::OPENMETRICS);
         assert!(text(&open).ends_with("# EOF\n"));
+        service.set_metrics_public(true);
+        assert_eq!(get(&service, "/metrics", asks(None, None)).unwrap().status(), 200);
         service.set_metrics(false);
         assert_eq!(get(&service, "/metrics", asks(None, Some("Bearer s3cret"))).unwrap().status(), 404);
         // "never" hides readiness details, not metrics: they hold no error text.

@@ -238,6 +238,11 @@ impl Core {
         self.service.set_metrics(on);
     }
 
+    /// Serves `/metrics` without the token even when details need one.
+    fn set_metrics_public(&self, public: bool) {
+        self.service.set_metrics_public(public);
+    }
+
     /// An asyncio future resolved when the round in flight ends (at once if none is; a first round is
     /// started), on the caller's own loop.
     fn ready_round(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
