@@ -60,15 +60,7 @@ impl Board {
     /// process has gone) for a worker of `server`. Refuses when a live process of another server holds
     /// a slot: it serves probes on the same port, and the two would split the probes between them.
     fn shared(path: &Path, server: u64) -> io::Result<Self> {
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
-        let size = (SLOTS * size_of::<Slot>()) as u64;
-        if file.metadata()?.len() < size {
-            file.set_len(size)?;
-        }
-        // SAFETY: the file is at least `size` bytes and only ever accessed through the atomics of
-        // `slots`, by this process and its siblings; a mapping is page-aligned, so the atomics are too.
-        let map = unsafe { MmapMut::map_mut(&file)? };
+        let map = map_shared(path, SLOTS * size_of::<Slot>())?;
         let mut board = Self { memory: Memory::Shared(map), mine: 0 };
         let me = this_process();
         board.mine = board
@@ -232,6 +224,19 @@ fn millis(duration: Duration) -> u64 {
 
 fn board_path(port: u16) -> PathBuf {
     shared_memory_path(&format!("phoenix-probe-{port}"))
+}
+
+/// Maps the file at `path` (created if need be, readable by this user only), at least `size` bytes,
+/// for processes to share. Whatever lives in it must be accessed only through atomics (`repr(C)`
+/// structs of them): a mapping is page-aligned, so they are aligned too.
+pub(crate) fn map_shared(path: &Path, size: usize) -> io::Result<MmapMut> {
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    if file.metadata()?.len() < size as u64 {
+        file.set_len(size as u64)?;
+    }
+    // SAFETY: the file is at least `size` bytes; see above for how it is accessed.
+    unsafe { MmapMut::map_mut(&file) }
 }
 
 /// Where a board shared by the processes of one machine lives: shared memory when there is some.

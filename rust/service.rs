@@ -672,16 +672,9 @@ impl Service {
             return Ok(());
         }
         let _ = self.board.set(Board::open(port)?);
-        let service = Arc::downgrade(self);
-        (self.runtime)().spawn(async move {
-            let mut ticks = tokio::time::interval(metrics::board::PUBLISH_EVERY);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(service) = service.upgrade() else { return };
-                if let Some(board) = service.board.get() {
-                    service.with_own_state(|own| board.publish(&own));
-                }
+        self.every(metrics::board::PUBLISH_EVERY, |service| {
+            if let Some(board) = service.board.get() {
+                service.with_own_state(|own| board.publish(&own));
             }
         });
         Ok(())
@@ -957,19 +950,26 @@ impl Service {
             log::info!(target: "phoenix.kernel", "event loop beats again after {stalled_ms} ms");
         }
         if !self.watching.swap(true, Ordering::AcqRel) {
-            let service = Arc::downgrade(self);
-            (self.runtime)().spawn(async move {
-                let mut ticks = tokio::time::interval(crate::heartbeat::BEAT_PERIOD);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    let Some(service) = service.upgrade() else { return };
-                    if let Some(lag_ms) = service.heartbeat.refresh() {
-                        log::warn!(target: "phoenix.kernel", "event loop stalled: no heartbeat for {lag_ms} ms");
-                    }
+            self.every(crate::heartbeat::BEAT_PERIOD, |service| {
+                if let Some(lag_ms) = service.heartbeat.refresh() {
+                    log::warn!(target: "phoenix.kernel", "event loop stalled: no heartbeat for {lag_ms} ms");
                 }
             });
         }
+    }
+
+    /// Runs `work` on the core runtime every `period`, for as long as the service lives.
+    fn every(self: &Arc<Self>, period: Duration, work: impl Fn(&Service) + Send + 'static) {
+        let service = Arc::downgrade(self);
+        (self.runtime)().spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(service) = service.upgrade() else { return };
+                work(&service);
+            }
+        });
     }
 
     /// Shares the heartbeat with every process serving probes on `port`, so each answers for all.

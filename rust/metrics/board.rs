@@ -9,9 +9,7 @@
 //!   the worst of theirs, the loop lag the largest, the uptime the oldest's.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +18,7 @@ use memmap2::MmapMut;
 
 use super::{CheckMetrics, Metrics};
 use crate::checks::Status;
-use crate::heartbeat::{is_alive, owner_of, shared_memory_path, this_process};
+use crate::heartbeat::{is_alive, map_shared, owner_of, shared_memory_path, this_process};
 
 /// How often a worker publishes: a scrape sees its siblings' numbers at most this old.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
@@ -94,15 +92,7 @@ impl Board {
     }
 
     fn at(path: &Path, server: u64) -> io::Result<Self> {
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
-        let size = (WORKERS * size_of::<Slot>()) as u64;
-        if file.metadata()?.len() < size {
-            file.set_len(size)?;
-        }
-        // SAFETY: the file is at least `size` bytes and only ever accessed through the atomics of
-        // `slots`, by the processes sharing it; a mapping is page-aligned, so the atomics are too.
-        let map = unsafe { MmapMut::map_mut(&file)? };
+        let map = map_shared(path, WORKERS * size_of::<Slot>())?;
         let mut board = Self { map, mine: 0, server };
         board.mine = board.claim()?;
         Ok(board)
