@@ -303,6 +303,15 @@ def test_the_token_guards_metrics(serve: Any, port: str) -> None:
     assert (response.status, response.headers["content-type"]) == (200, OPENMETRICS)
 
 
+def test_metrics_public_serves_them_without_the_token(serve: Any, port: str) -> None:
+    server = serve_on(serve, port, "--app", "tests.apps:guarded", env={"PHOENIX_METRICS_PUBLIC": "true"})
+    assert scrape(server).value("phoenix_build_info", version=phoenix.__version__) == 1
+    assert scrape(server, {"Authorization": "Bearer wrong"}).value("phoenix_draining") == 0
+    # Only the metrics: readiness details still need the token.
+    assert server.request("/ready").json() == {"status": "ready"}
+    assert "subsystems" in server.request("/ready", headers=BEARER).json()
+
+
 def test_details_never_still_serves_metrics(serve: Any, port: str) -> None:
     # They hold names and numbers, never an error text, and a scraper beyond loopback is their point.
     server = serve_on(serve, port, "--app", "tests.apps:private")
