@@ -417,3 +417,19 @@ def fastapi_app() -> object:
 
     app.mount("/probe", kernel.asgi())
     return app
+
+
+# Apps for issue 10: metrics, scraped by a real Prometheus.
+
+
+def flagged() -> Kernel:
+    """One check, ``flag``, that fails while the file ``$PHOENIX_TEST_FLAG`` exists: a test makes the
+    kernel unready by creating the file, one instance at a time when it serves several."""
+    kernel = Kernel(ready_ttl_ms=0, request_log=False)
+    flag = os.environ.get("PHOENIX_TEST_FLAG", "")
+
+    @kernel.subsystem("flag", threshold=0.5)
+    def flag_absent() -> bool:
+        return not os.path.exists(flag)
+
+    return kernel
