@@ -163,3 +163,13 @@ def test_the_page_works_on_the_probe_port(serve: Any, browser: webdriver.Chrome,
     _main, probe = serve_with_probe_port(serve, "--app", APP, env={"PHOENIX_TEST_METRIC": str(metric)})
     open_page(browser, probe)
     wait_for_page(browser, probe, f"{SHOWN} over the probe port", lambda p: statuses(p) == SHOWN)
+
+
+def test_a_server_gone_away_is_said_plainly(serve: Any, browser: webdriver.Chrome) -> None:
+    server = serve("--app", "tests.apps:private")
+    open_page(browser, server)
+    wait_for_page(browser, server, "its overall status", lambda p: p["overall"] in OVERALL)
+    assert server.stop() == 0
+    page = wait_for_page(browser, server, "the server unreachable", lambda p: p["overall"] == "unknown")
+    assert "Cannot reach the server" in page["notice"], page
+    assert page["overall_text"] == "Unknown"
