@@ -60,15 +60,7 @@ impl Board {
     /// process has gone) for a worker of `server`. Refuses when a live process of another server holds
     /// a slot: it serves probes on the same port, and the two would split the probes between them.
     fn shared(path: &Path, server: u64) -> io::Result<Self> {
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
-        let size = (SLOTS * size_of::<Slot>()) as u64;
-        if file.metadata()?.len() < size {
-            file.set_len(size)?;
-        }
-        // SAFETY: the file is at least `size` bytes and only ever accessed through the atomics of
-        // `slots`, by this process and its siblings; a mapping is page-aligned, so the atomics are too.
-        let map = unsafe { MmapMut::map_mut(&file)? };
+        let map = map_shared(path, SLOTS * size_of::<Slot>())?;
         let mut board = Self { memory: Memory::Shared(map), mine: 0 };
         let me = this_process();
         board.mine = board
@@ -231,9 +223,27 @@ fn millis(duration: Duration) -> u64 {
 }
 
 fn board_path(port: u16) -> PathBuf {
+    shared_memory_path(&format!("phoenix-probe-{port}"))
+}
+
+/// Maps the file at `path` (created if need be, readable by this user only), at least `size` bytes,
+/// for processes to share. Whatever lives in it must be accessed only through atomics (`repr(C)`
+/// structs of them): a mapping is page-aligned, so they are aligned too.
+pub(crate) fn map_shared(path: &Path, size: usize) -> io::Result<MmapMut> {
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    if file.metadata()?.len() < size as u64 {
+        file.set_len(size as u64)?;
+    }
+    // SAFETY: the file is at least `size` bytes; see above for how it is accessed.
+    unsafe { MmapMut::map_mut(&file) }
+}
+
+/// Where a board shared by the processes of one machine lives: shared memory when there is some.
+pub(crate) fn shared_memory_path(name: &str) -> PathBuf {
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-    dir.join(format!("phoenix-probe-{port}"))
+    dir.join(name)
 }
 
 /// The monotonic clock in ms: system-wide, so stamps from different processes compare.
@@ -246,11 +256,11 @@ fn now_ms() -> u64 {
 }
 
 /// This process as a slot owner: its pid and (the low half of) its start time.
-fn this_process() -> u64 {
+pub(crate) fn this_process() -> u64 {
     owner_of(std::process::id()).unwrap_or(u64::from(std::process::id()) << 32)
 }
 
-fn owner_of(pid: u32) -> Option<u64> {
+pub(crate) fn owner_of(pid: u32) -> Option<u64> {
     // The 22nd field of /proc/<pid>/stat, after the command name in parentheses (which may hold spaces).
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -259,7 +269,7 @@ fn owner_of(pid: u32) -> Option<u64> {
 }
 
 /// Whether the process that claimed a slot as `owner` still runs (and is the same process).
-fn is_alive(owner: u64) -> bool {
+pub(crate) fn is_alive(owner: u64) -> bool {
     owner_of((owner >> 32) as u32) == Some(owner)
 }
 

@@ -19,8 +19,9 @@ use tokio::runtime::Handle;
 
 use crate::access_log::{self, AccessLog};
 use crate::cache::{Entry, Lookup, Refresh, TtlCache};
-use crate::checks::{start_round, FnProbe, Policy, Report, Status, Subsystem};
+use crate::checks::{start_round, FnProbe, Policy, Report, Subsystem};
 use crate::heartbeat::Heartbeat;
+use crate::metrics::board::{Board, Worker};
 use crate::metrics::{self, CacheEndpoint, CacheResult, CheckView, Metrics, RouteLabel, Scrape};
 use crate::render::{self, Body, Format, View};
 use crate::routes::{bearer_matches, route, Endpoint, Query, Route};
@@ -335,7 +336,12 @@ pub struct Service {
     starting: Arc<Response>,
     started_up: Arc<Response>,
     metrics_on: AtomicBool,
+    metrics_public: AtomicBool,
     metrics: Metrics,
+    /// The board this worker publishes its metrics to, when it is one of several.
+    board: OnceLock<Board>,
+    /// When the kernel was created, as a date (a worker's age on the board).
+    born: SystemTime,
 }
 
 impl Service {
@@ -363,7 +369,10 @@ impl Service {
             starting: Response::new(render::startup(false)),
             started_up: Response::new(render::startup(true)),
             metrics_on: AtomicBool::new(metrics),
+            metrics_public: AtomicBool::new(false),
             metrics: Metrics::default(),
+            board: OnceLock::new(),
+            born: SystemTime::now(),
         };
         service.health.insert(service.render_health());
         Arc::new(service)
@@ -595,31 +604,80 @@ impl Service {
     /// readiness details, except that `never` still serves them: they hold names and numbers, never an
     /// error text, and a scraper beyond loopback is their point.
     fn metrics_reply(&self, parts: Parts<'_>, head: bool) -> Reply {
-        if self.details.mode() == DetailsPolicy::TOKEN && !self.details.shown_to(parts.authorization) {
+        let guarded =
+            self.details.mode() == DetailsPolicy::TOKEN && !self.metrics_public.load(Ordering::Relaxed);
+        if guarded && !self.details.shown_to(parts.authorization) {
             return self.error(401);
         }
         let openmetrics = metrics::wants_openmetrics(parts.accept);
-        let subsystems = self.subsystems.load();
-        let statuses: Vec<Status> = subsystems.iter().map(|s| s.status()).collect();
-        let scrape = Scrape {
-            version: env!("CARGO_PKG_VERSION"),
-            ready: self.is_ready(),
-            draining: self.draining(),
-            uptime: self.started.elapsed(),
-            loop_lag: self.heartbeat.worst().map(Duration::from_millis),
-            metrics: &self.metrics,
-            checks: subsystems
-                .iter()
-                .zip(&statuses)
-                .map(|(s, status)| CheckView { name: &s.name, status: status.as_str(), metrics: &s.metrics })
-                .collect(),
-        };
+        let text = self.with_own_state(|own| match self.board.get() {
+            Some(board) => {
+                let server = board.gather(&own);
+                let checks = server.checks.iter().map(|(name, status, metrics)| CheckView {
+                    name,
+                    status: status.as_str(),
+                    metrics,
+                });
+                Scrape {
+                    version: env!("CARGO_PKG_VERSION"),
+                    ready: server.ready,
+                    draining: server.draining,
+                    uptime: SystemTime::now().duration_since(server.born).unwrap_or_default(),
+                    loop_lag: server.lag,
+                    metrics: &server.metrics,
+                    checks: checks.collect(),
+                }
+                .render(openmetrics)
+            }
+            None => Scrape {
+                version: env!("CARGO_PKG_VERSION"),
+                ready: own.ready,
+                draining: own.draining,
+                uptime: self.started.elapsed(),
+                loop_lag: own.lag,
+                metrics: own.metrics,
+                checks: own
+                    .checks
+                    .iter()
+                    .map(|&(name, status, metrics)| CheckView { name, status: status.as_str(), metrics })
+                    .collect(),
+            }
+            .render(openmetrics),
+        });
         let body = Body {
             status: 200,
             content_type: if openmetrics { metrics::OPENMETRICS } else { metrics::PROMETHEUS_TEXT },
-            bytes: scrape.render(openmetrics).into(),
+            bytes: text.into(),
         };
         Reply { response: Response::new(body), head }
+    }
+
+    /// This process's own state, as a scrape reports it or a worker publishes it.
+    fn with_own_state<R>(&self, then: impl FnOnce(Worker<'_>) -> R) -> R {
+        let subsystems = self.subsystems.load();
+        then(Worker {
+            ready: self.is_ready(),
+            draining: self.draining(),
+            lag: self.heartbeat.worst().map(Duration::from_millis),
+            born: self.born,
+            metrics: &self.metrics,
+            checks: subsystems.iter().map(|s| (s.name.as_str(), s.status(), &s.metrics)).collect(),
+        })
+    }
+
+    /// Publishes this worker's metrics to the board of the server serving on `port` (every worker of it
+    /// does), so that a scrape answered by any worker reports the whole server (see `metrics/board.rs`).
+    pub fn share_metrics(self: &Arc<Self>, port: u16) -> io::Result<()> {
+        if self.board.get().is_some() {
+            return Ok(());
+        }
+        let _ = self.board.set(Board::open(port)?);
+        self.every(metrics::board::PUBLISH_EVERY, |service| {
+            if let Some(board) = service.board.get() {
+                service.with_own_state(|own| board.publish(&own));
+            }
+        });
+        Ok(())
     }
 
     /// Whether `/ready` would answer 200 now, from the newest round.
@@ -670,6 +728,12 @@ impl Service {
 
     pub fn metrics_on(&self) -> bool {
         self.metrics_on.load(Ordering::Relaxed)
+    }
+
+    /// Serves `/metrics` without the token even when details need one (for a scraper that cannot send
+    /// it; the metrics hold no error text).
+    pub fn set_metrics_public(&self, public: bool) {
+        self.metrics_public.store(public, Ordering::Relaxed);
     }
 
     /// Switches recording and `/metrics` on or off (what was recorded stays).
@@ -886,19 +950,26 @@ impl Service {
             log::info!(target: "phoenix.kernel", "event loop beats again after {stalled_ms} ms");
         }
         if !self.watching.swap(true, Ordering::AcqRel) {
-            let service = Arc::downgrade(self);
-            (self.runtime)().spawn(async move {
-                let mut ticks = tokio::time::interval(crate::heartbeat::BEAT_PERIOD);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    let Some(service) = service.upgrade() else { return };
-                    if let Some(lag_ms) = service.heartbeat.refresh() {
-                        log::warn!(target: "phoenix.kernel", "event loop stalled: no heartbeat for {lag_ms} ms");
-                    }
+            self.every(crate::heartbeat::BEAT_PERIOD, |service| {
+                if let Some(lag_ms) = service.heartbeat.refresh() {
+                    log::warn!(target: "phoenix.kernel", "event loop stalled: no heartbeat for {lag_ms} ms");
                 }
             });
         }
+    }
+
+    /// Runs `work` on the core runtime every `period`, for as long as the service lives.
+    fn every(self: &Arc<Self>, period: Duration, work: impl Fn(&Service) + Send + 'static) {
+        let service = Arc::downgrade(self);
+        (self.runtime)().spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(service) = service.upgrade() else { return };
+                work(&service);
+            }
+        });
     }
 
     /// Shares the heartbeat with every process serving probes on `port`, so each answers for all.
@@ -1286,6 +1357,8 @@ mod tests {
         let open = open.unwrap();
         assert_eq!(open.response.body.content_type, metrics::OPENMETRICS);
         assert!(text(&open).ends_with("# EOF\n"));
+        service.set_metrics_public(true);
+        assert_eq!(get(&service, "/metrics", asks(None, None)).unwrap().status(), 200);
         service.set_metrics(false);
         assert_eq!(get(&service, "/metrics", asks(None, Some("Bearer s3cret"))).unwrap().status(), 404);
         // "never" hides readiness details, not metrics: they hold no error text.

@@ -164,6 +164,7 @@ def test_kernel_defaults_are_the_tables() -> None:
         "live_stale_ms",
         "ready_stale_ms",
         "metrics",
+        "metrics_public",
     ]
     assert {name: kernel[name].default for name in options} == {
         name: getattr(DEFAULTS, name) for name in options

@@ -56,6 +56,7 @@ def load_kernel(settings: Settings) -> Kernel:
             live_stale_ms=settings.live_stale_ms,
             ready_stale_ms=settings.ready_stale_ms,
             metrics=settings.metrics,
+            metrics_public=settings.metrics_public,
         )
     module_name, _, attr_path = settings.app.partition(":")
     try:
@@ -91,6 +92,8 @@ def served_kernel(settings: Settings) -> Kernel:
         kernel.request_log = settings.request_log
     if "metrics" in settings.explicit:
         kernel.metrics = settings.metrics
+    if "metrics_public" in settings.explicit:
+        kernel.metrics_public = settings.metrics_public
     if "shutdown_drain_ms" in settings.explicit:
         kernel.shutdown_drain_ms = settings.shutdown_drain_ms
     if "probe_port" in settings.explicit:
@@ -105,6 +108,9 @@ def worker_kernel(settings: Settings) -> Kernel:
     kernel = served_kernel(settings)
     mode, _start_up_line = details_in_force(kernel, exposed_host(kernel, settings.host))  # the parent logs it
     kernel.details = mode
+    if kernel.metrics and settings.workers > 1 and settings.port != 0:
+        # Each worker answers scrapes for the whole server (see the README's "Several workers").
+        kernel.share_metrics(settings.port)
     return kernel
 
 

@@ -152,6 +152,9 @@ KEYS: Final = (
     Key("metrics", True, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
         help="Record requests and check runs and serve them at /metrics (Prometheus or OpenMetrics text; "
         "with details = 'token', the token is required)."),
+    Key("metrics_public", False, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
+        help="Serve /metrics without the token even with details = 'token' (for a scraper that cannot "
+        "send one; metrics hold names and numbers, never an error text)."),
     Key("request_log", True, _boolean, "a boolean (true/false, yes/no, on/off, 1/0)",
         help="Log method, path, status and latency of each request to the 'phoenix.api' logger."),
     Key("details", None, _text, "one of " + ", ".join(DETAILS_MODES), valid=DETAILS_MODES.__contains__,
@@ -188,6 +191,7 @@ class Settings:
     live_stale_ms: int
     ready_stale_ms: int
     metrics: bool
+    metrics_public: bool
     request_log: bool
     details: str | None
     token: str | None

@@ -60,6 +60,7 @@ class Kernel:
         live_stale_ms: int = DEFAULTS.live_stale_ms,
         ready_stale_ms: int = DEFAULTS.ready_stale_ms,
         metrics: bool = DEFAULTS.metrics,
+        metrics_public: bool = DEFAULTS.metrics_public,
     ) -> None:
         # Unset details show everything until a server settles them for the address it serves on.
         self._core = _core.Core(
@@ -72,6 +73,7 @@ class Kernel:
             ready_stale_ms,
             metrics,
         )
+        self.metrics_public = metrics_public
         self._details = details
         self._token = token
         self.shutdown_drain_ms = shutdown_drain_ms
@@ -115,6 +117,16 @@ class Kernel:
     def metrics(self, enabled: bool) -> None:
         self._core.set_metrics(enabled)
         self.request_log = self._request_log  # the handler times requests only when metrics need it
+
+    @property
+    def metrics_public(self) -> bool:
+        """Whether ``/metrics`` is served without the token when ``details`` is ``"token"``."""
+        return self._metrics_public
+
+    @metrics_public.setter
+    def metrics_public(self, public: bool) -> None:
+        self._core.set_metrics_public(public)
+        self._metrics_public = public
 
     def subsystem(
         self,
@@ -183,6 +195,13 @@ class Kernel:
                 self.details = "never"
             port = self._core.listen(self.probe_host, self.probe_port, self._request_log)
             self._probe_address = (self.probe_host, port)
+
+    def share_metrics(self, port: int) -> None:
+        """Publishes this process's metrics to every process serving on ``port`` (the workers of one
+        server; ``phoenix serve --workers N`` calls it in each), so that ``/metrics`` answered by any of
+        them reports the whole server. Raises :class:`PhoenixError` when the shared board cannot be
+        opened."""
+        self._core.share_metrics(port)
 
     def _beat_on(self, loop: asyncio.AbstractEventLoop) -> None:
         beat = self._core.beat

@@ -194,6 +194,14 @@ impl Core {
         Ok(bound.port())
     }
 
+    /// Publishes this worker's metrics to the board of the server serving on `port`, so that a scrape
+    /// answered by any of its workers reports them all.
+    fn share_metrics(&self, py: Python<'_>, port: u16) -> PyResult<()> {
+        let service = Arc::clone(&self.service);
+        py.detach(|| service.share_metrics(port))
+            .map_err(|err| PhoenixError::new_err(format!("cannot share metrics between workers: {err}")))
+    }
+
     /// Stamps the serving event loop's heartbeat: the loop calls this every `HEARTBEAT_PERIOD_S`.
     fn beat(&self) {
         self.service.beat();
@@ -228,6 +236,11 @@ impl Core {
 
     fn set_metrics(&self, on: bool) {
         self.service.set_metrics(on);
+    }
+
+    /// Serves `/metrics` without the token even when details need one.
+    fn set_metrics_public(&self, public: bool) {
+        self.service.set_metrics_public(public);
     }
 
     /// An asyncio future resolved when the round in flight ends (at once if none is; a first round is

@@ -14,6 +14,8 @@ use prometheus_client::registry::Registry;
 
 use crate::routes::Endpoint;
 
+pub mod board;
+
 /// Upper bounds of the latency buckets, in seconds: from 25 µs (a cache hit) to 10 s (a slow check's
 /// timeout), about three per decade, so `histogram_quantile` resolves both ends.
 pub const BUCKETS: [f64; 18] = [
@@ -33,7 +35,10 @@ const BUCKET_NANOS: [u64; BUCKETS.len()] = {
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A latency histogram: one count per bucket (the last is +Inf) and the sum, in nanoseconds.
+/// A latency histogram: one count per bucket (the last is +Inf) and the sum, in nanoseconds. Plain
+/// atomics laid out as in C, like every table here, so that a worker can publish them to the
+/// workers' shared board (`board.rs`).
+#[repr(C)]
 pub struct Histogram {
     counts: [AtomicU64; BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
@@ -46,6 +51,10 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    fn cells(&self) -> impl Iterator<Item = &AtomicU64> {
+        self.counts.iter().chain(std::iter::once(&self.sum_nanos))
+    }
+
     pub fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKET_NANOS.iter().position(|&bound| nanos <= bound).unwrap_or(BUCKETS.len());
@@ -188,6 +197,7 @@ const RUN_RESULTS: [&str; 5] = ["pass", "warn", "fail", "timeout", "error"];
 
 /// One check's series.
 #[derive(Default)]
+#[repr(C)]
 pub struct CheckMetrics {
     runs: [AtomicU64; RUN_RESULTS.len()],
     duration: Histogram,
@@ -196,6 +206,22 @@ pub struct CheckMetrics {
 }
 
 impl CheckMetrics {
+    /// Copies `other` into this one.
+    pub fn store_from(&self, other: &CheckMetrics) {
+        store_all(self.counted().zip(other.counted()));
+        self.last_success_ms.store(other.last_success_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Adds `other`'s runs into this one's; the last success is the later one.
+    pub fn add_from(&self, other: &CheckMetrics) {
+        add_all(self.counted().zip(other.counted()));
+        self.last_success_ms.fetch_max(other.last_success_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    fn counted(&self) -> impl Iterator<Item = &AtomicU64> {
+        self.runs.iter().chain(self.duration.cells())
+    }
+
     pub fn record(&self, result: RunResult, elapsed: Duration, at: SystemTime) {
         self.runs[result as usize].fetch_add(1, Ordering::Relaxed);
         self.duration.observe(elapsed);
@@ -207,6 +233,7 @@ impl CheckMetrics {
 }
 
 /// The request and cache series of one process.
+#[repr(C)]
 pub struct Metrics {
     requests: [[[AtomicU64; CODE_LABELS.len()]; METHODS.len()]; RouteLabel::ALL.len()],
     durations: [Histogram; RouteLabel::ALL.len()],
@@ -226,6 +253,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    fn cells(&self) -> impl Iterator<Item = &AtomicU64> {
+        let requests = self.requests.iter().flatten().flatten();
+        requests.chain(self.durations.iter().flat_map(Histogram::cells)).chain(self.cache.iter().flatten())
+    }
+
+    /// Copies `other` into this one.
+    pub fn store_from(&self, other: &Metrics) {
+        store_all(self.cells().zip(other.cells()));
+    }
+
+    /// Adds `other`'s counts into this one's.
+    pub fn add_from(&self, other: &Metrics) {
+        add_all(self.cells().zip(other.cells()));
+    }
+
     pub fn request(&self, route: RouteLabel, method: &str, code: u16, elapsed: Duration) {
         self.requests[route as usize][method_index(method)][code_index(code)].fetch_add(1, Ordering::Relaxed);
         self.durations[route as usize].observe(elapsed);
@@ -233,6 +275,18 @@ impl Metrics {
 
     pub fn cache(&self, endpoint: CacheEndpoint, result: CacheResult) {
         self.cache[endpoint as usize][result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn store_all<'a>(pairs: impl Iterator<Item = (&'a AtomicU64, &'a AtomicU64)>) {
+    for (to, from) in pairs {
+        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+fn add_all<'a>(pairs: impl Iterator<Item = (&'a AtomicU64, &'a AtomicU64)>) {
+    for (to, from) in pairs {
+        to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
