@@ -89,3 +89,9 @@ bench-soak: develop
 # e.g. make bench-instructions BENCH_ARGS="--seconds 5 --profiles /tmp/profiles"
 bench-instructions: develop
 	python benches/instructions.py $(BENCH_ARGS)
+
+# The README's picture of the status page, benches/results/status-page.png: the default kernel plus a
+# warning and a failing subsystem, taken by headless chromium (installed with apt-get when missing).
+.PHONY: screenshot
+screenshot: develop
+	python benches/status_screenshot.py

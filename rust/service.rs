@@ -610,12 +610,7 @@ impl Service {
             return self.error(401);
         }
         let openmetrics = metrics::wants_openmetrics(parts.accept);
-        // A scrape keeps readiness as fresh as `/ready` would (a round of native checks completes
-        // here; a slower one is reported by the next scrape): `phoenix_ready` and the check statuses
-        // must not wait for a probe to ask.
-        if self.ready.read_fresh(|_| ()).is_none() {
-            self.refresh_ready();
-        }
+        self.keep_readiness_fresh();
         let text = self.with_own_state(|own| match self.board.get() {
             Some(board) => {
                 let server = board.gather(&own);
@@ -686,6 +681,15 @@ impl Service {
         Ok(())
     }
 
+    /// Starts a readiness round when `/ready` would: a scrape or the status page must not wait for a
+    /// probe to ask before it shows readiness and check statuses. A round of native checks completes
+    /// here; a slower one (an `async def` check) is shown by the next look.
+    fn keep_readiness_fresh(self: &Arc<Self>) {
+        if self.ready.read_fresh(|_| ()).is_none() {
+            self.refresh_ready();
+        }
+    }
+
     /// Whether `/ready` would answer 200 now, from the newest round.
     fn is_ready(&self) -> bool {
         self.readiness_now() == Some(true)
@@ -699,10 +703,11 @@ impl Service {
 
     /// `/status`: the status page, or with `?format=json` its data (each subsystem with its recent
     /// runs), under the details policy.
-    fn status_reply(&self, parts: Parts<'_>, head: bool) -> Reply {
+    fn status_reply(self: &Arc<Self>, parts: Parts<'_>, head: bool) -> Reply {
         let wants_json =
             form_urlencoded::parse(parts.query.as_bytes()).any(|(k, v)| k == "format" && v == "json");
         let body = if wants_json {
+            self.keep_readiness_fresh();
             let details = self.details.shown_to(parts.authorization);
             let subsystems = self.subsystems.load();
             let latest = self.ready.newest();
@@ -1408,8 +1413,9 @@ mod tests {
         assert_eq!(shown["status"], "ready");
         let db = &shown["subsystems"][0];
         assert_eq!((db["name"].as_str(), db["status"].as_str()), (Some("db"), Some("pass")));
-        assert_eq!(db["history"].as_array().unwrap().len(), 3);
-        assert_eq!(db["history"][2]["status"], "pass");
+        // Three rounds asked by /ready, and a fourth by the page's data itself (the entry was stale).
+        assert_eq!(db["history"].as_array().unwrap().len(), 4);
+        assert_eq!(db["history"][3]["status"], "pass");
         let hidden = data(None);
         assert_eq!(hidden["status"], "ready");
         assert!(hidden.get("subsystems").is_none(), "{hidden}");
@@ -1437,5 +1443,15 @@ mod tests {
         let scrape = text(&get(&service, "/metrics", Parts::default()).unwrap());
         assert_eq!(sample(&scrape, "phoenix_ready"), Some(1.0), "{scrape}");
         assert_eq!(sample(&scrape, "phoenix_check_status{check=\"db\",status=\"pass\"}"), Some(1.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_page_data_refreshes_readiness_without_waiting_for_a_probe() {
+        let service = service(Details::Always);
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
+        let data =
+            json(&get(&service, "/status", Parts { query: "format=json", ..Parts::default() }).unwrap());
+        assert_eq!(data["status"], "ready", "{data}");
+        assert_eq!(data["subsystems"][0]["status"], "pass");
     }
 }
