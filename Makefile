@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 DATA_DIR ?= phoenix-data
 DIST ?= dist
 
-.PHONY: deps develop run test test-rust test-python lint fmt wheel bench clean bench-http bench-soak bench-instructions
+.PHONY: deps develop run test test-rust test-rules test-python lint fmt wheel bench clean bench-http bench-soak bench-instructions
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,10 +26,18 @@ develop: deps
 run: develop
 	phoenix serve --data-dir $(DATA_DIR)
 
-test: test-rust test-python
+test: test-rust test-rules test-python
 
 test-rust:
 	cargo test -q
+
+# The alert rules of deploy/prometheus/, checked and unit-tested by promtool (Debian's prometheus
+# package, installed with apt-get when promtool is missing).
+test-rules:
+	command -v promtool >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends prometheus; }
+	promtool check rules deploy/prometheus/phoenix-alerts.yml
+	promtool test rules deploy/prometheus/phoenix-alerts.test.yml
 
 test-python: develop
 	pytest -q
@@ -84,3 +92,9 @@ bench-soak: develop
 # e.g. make bench-instructions BENCH_ARGS="--seconds 5 --profiles /tmp/profiles"
 bench-instructions: develop
 	python benches/instructions.py $(BENCH_ARGS)
+
+# The README's picture of the status page, benches/results/status-page.png: the default kernel plus a
+# warning and a failing subsystem, taken by headless chromium (installed with apt-get when missing).
+.PHONY: screenshot
+screenshot: develop
+	python benches/status_screenshot.py

@@ -6,8 +6,8 @@ Phoenix on its main port and its probe listener, over HTTP/1.1 and HTTP/2. Run:
         [--h2h-rounds 5] [--only main,probe,h2] [--quiet-wait 60] [--out benches/results]
 
 Groups of rows (``--only``; all by default):
-- ``main``: the main port over HTTP/1.1: the ceiling, its twin, Phoenix (request log on and off),
-  FastAPI + uvicorn.
+- ``main``: the main port over HTTP/1.1: the ceiling, its twin, Phoenix (request log on and off, metrics
+  on as shipped; and /health of each with metrics off), FastAPI + uvicorn.
 - ``probe``: Phoenix's probe listener (``phoenix serve --probe-port``, request log on) against nginx
   (Debian's ``nginx-light``, ``return 200`` with the same body, one worker, no access log; see
   ``nginx_reference.conf``) and nginx's twin; and Phoenix's main port with the listener on.
@@ -73,6 +73,9 @@ CEILING = "ceiling (granian rsgi)"
 CEILING_TWIN = "ceiling, second instance"
 PHOENIX_ON = "phoenix (request log on)"
 PHOENIX_OFF = "phoenix (request log off)"
+# The same two with metrics off (the rows above have them on, the default): what recording them costs.
+PHOENIX_ON_METRICS_OFF = "phoenix (request log on, metrics off)"
+PHOENIX_OFF_METRICS_OFF = "phoenix (request log off, metrics off)"
 FASTAPI_ON = "fastapi+uvicorn (access log on)"
 FASTAPI_OFF = "fastapi+uvicorn (access log off)"
 NGINX = "nginx (return 200, one worker)"
@@ -353,6 +356,9 @@ class ServerSpec:
     http2: bool = False
     more_listeners: list[ListenerSpec] = field(default_factory=list)
     files: dict[Path, str] = field(default_factory=dict)  # written before it starts, placeholders replaced
+    # Other answers of its main listener (endpoint: status), checked once it is ready: its configuration
+    # shown in effect, so that a row's label cannot claim a setting the server ignored.
+    expect: dict[str, int] = field(default_factory=dict)
 
     @property
     def listeners(self) -> list[ListenerSpec]:
@@ -467,6 +473,14 @@ class Server:
                         raise TimeoutError(f"{listener.name}: {endpoint} answered {status}, not 200")
                     time.sleep(0.05)
         return self.body_bytes.get(self.spec.name, {})
+
+    def check_expected(self) -> None:
+        """Raises unless the main listener answers ``spec.expect`` as stated."""
+        get = h2_get if self.spec.http2 else http_get
+        for endpoint, expected in self.spec.expect.items():
+            status, _size = get(self.port, endpoint)
+            if status != expected:
+                raise RuntimeError(f"{self.spec.name}: {endpoint} answered {status}, not {expected}")
 
     def stop(self) -> None:
         """SIGTERM to the process group, then SIGKILL if it has not gone within STOP_TIMEOUT_S."""
@@ -784,14 +798,20 @@ def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
 
     ceiling = [python, str(BENCHES / "ceiling_app.py"), "--log-level", log_level, "--port", "{port}"]
     specs = [ServerSpec(name, ceiling, ["/health"], cwd=BENCHES) for name in (CEILING, CEILING_TWIN)]
-    for name, request_log in ((PHOENIX_ON, "true"), (PHOENIX_OFF, "false")):
+    for name, request_log, metrics, endpoints in (
+        (PHOENIX_ON, "true", True, ["/health", "/ready"]),
+        (PHOENIX_OFF, "false", True, ["/health", "/ready"]),
+        (PHOENIX_ON_METRICS_OFF, "true", False, ["/health"]),
+        (PHOENIX_OFF_METRICS_OFF, "false", False, ["/health"]),
+    ):
         specs.append(
             ServerSpec(
                 name,
                 [*phoenix, "--data-dir", data_dir(name), "--port", "{port}"],
-                ["/health", "/ready"],
-                env={"PHOENIX_REQUEST_LOG": request_log},
+                endpoints,
+                env={"PHOENIX_REQUEST_LOG": request_log, "PHOENIX_METRICS": str(metrics).lower()},
                 cwd=workdir,
+                expect={"/metrics": 200 if metrics else 404},
             )
         )
     if with_fastapi:
@@ -871,6 +891,8 @@ DUELS: dict[str, list[tuple[Pair, Pair]]] = {
             (PHOENIX_ON, "/ready"),
             (PHOENIX_OFF, "/health"),
             (PHOENIX_OFF, "/ready"),
+            (PHOENIX_ON_METRICS_OFF, "/health"),
+            (PHOENIX_OFF_METRICS_OFF, "/health"),
             (FASTAPI_ON, "/health"),
             (FASTAPI_OFF, "/health"),
         ]
@@ -934,6 +956,7 @@ def bench(
             server = stack.enter_context(running(spec, workdir))
             # Ready (its ports bound) before the next server picks free ports.
             server.wait_ready(listeners=[ls for ls in server.listeners if ls.name in needed])
+            server.check_expected()
             info[spec.name] = {"argv": server.argv, "env": spec.env, "body_bytes": server.body_bytes}
             servers.append(server)
         for server in servers:
@@ -1015,8 +1038,8 @@ def head_to_head(
 # --- report ----------------------------------------------------------------------------------------
 
 
-# Chart colours: the ceiling grey, Phoenix blues (log on) and greens (log off), FastAPI oranges, nginx
-# reds, the probe listener purples.
+# Chart colours: the ceiling grey, Phoenix blues (log on) and greens (log off), with metrics off cyans,
+# FastAPI oranges, nginx reds, the probe listener purples.
 COLOURS = {
     (CEILING, "/health"): "#7f7f7f",
     (CEILING_TWIN, "/health"): "#b5b5b5",
@@ -1024,6 +1047,8 @@ COLOURS = {
     (PHOENIX_ON, "/ready"): "#6f9fe0",
     (PHOENIX_OFF, "/health"): "#1b7a3a",
     (PHOENIX_OFF, "/ready"): "#7cc48f",
+    (PHOENIX_ON_METRICS_OFF, "/health"): "#17becf",
+    (PHOENIX_OFF_METRICS_OFF, "/health"): "#9edae5",
     (FASTAPI_ON, "/health"): "#d9661f",
     (FASTAPI_OFF, "/health"): "#f2b27c",
     (NGINX, "/health"): "#a31515",
@@ -1098,6 +1123,21 @@ class Figures:
             return None
         return ra / rb, f"{ra / rb:.2f}x ({ra:,.0f} ÷ {rb:,.0f} req/s)"
 
+    def relative_cpu(self, a: Key, b: Key) -> float | None:
+        """``relative``'s head-to-head ratio from each server's requests per CPU-second; None where
+        ``relative`` has no head-to-head ratio."""
+        duel, base = self.duel.get(a), self.duel.get(b)
+        if duel is None:
+            return None
+        if (duel.reference, duel.reference_endpoint) == b[:2]:
+            return duel.cpu_ratio
+        if base is not None and (base.reference, base.reference_endpoint) == (
+            duel.reference,
+            duel.reference_endpoint,
+        ):
+            return duel.cpu_ratio / base.cpu_ratio
+        return None
+
 
 @dataclass
 class TargetCheck:
@@ -1162,7 +1202,7 @@ def evaluate_targets(figures: Figures, args: argparse.Namespace) -> list[TargetC
 
     if "main" in args.only:
         add_throughput(
-            f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling (req/s)",
+            f"/health ≥ {TARGET_CEILING_RATIO}x the ceiling, metrics on (req/s)",
             TARGET_CEILING_RATIO,
             ((PHOENIX_ON, "/health"), (CEILING, "/health")),
             ((PHOENIX_OFF, "/health"), (CEILING, "/health")),
@@ -1249,6 +1289,10 @@ def report(
     def relative(a: Pair, b: Pair, connections: int) -> str:
         found = figures.relative((*a, connections), (*b, connections))
         return f"{found[0]:.3f}" if found else "-"
+
+    def relative_cpu(a: Pair, b: Pair, connections: int) -> str:
+        found = figures.relative_cpu((*a, connections), (*b, connections))
+        return f"{found:.3f}" if found else "-"
 
     quiet = f"up to {args.quiet_wait:g} s" if args.quiet_wait else "not at all (--quiet-wait 0)"
     lines = [
@@ -1374,6 +1418,31 @@ def report(
                     f"| {connections} | {state} | {ratio(health, ceiling)} | {ratio(ready, health)} "
                     f"| {ratio(health, fastapi)} |"
                 )
+        metrics_rows = {
+            "on": (PHOENIX_ON, PHOENIX_ON_METRICS_OFF),
+            "off": (PHOENIX_OFF, PHOENIX_OFF_METRICS_OFF),
+        }
+        lines += [
+            "",
+            "Metrics: Phoenix /health with metrics on (the default) and off, each ÷ the ceiling, head to "
+            "head (sequential medians where no head-to-head rounds ran), by req/s and by requests per "
+            "CPU-second; on ÷ off is the ratio of the two: what recording the metrics costs.",
+            "",
+            "| connections | request log | metrics on ÷ ceiling | per CPU-second | metrics off ÷ ceiling "
+            "| per CPU-second | metrics on ÷ off | per CPU-second |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for connections in args.connections:
+            for state, (with_metrics, without) in metrics_rows.items():
+                pairs = [
+                    ((with_metrics, "/health"), (CEILING, "/health")),
+                    ((without, "/health"), (CEILING, "/health")),
+                    ((with_metrics, "/health"), (without, "/health")),
+                ]
+                cells = [
+                    f"{relative(a, b, connections)} | {relative_cpu(a, b, connections)}" for a, b in pairs
+                ]
+                lines.append(f"| {connections} | {state} | " + " | ".join(cells) + " |")
     # The probe listener's and HTTP/2's comparisons side by side, as the Targets section judges them.
     columns: list[tuple[str, str, Pair, Pair]] = [
         ("probe", "probe /health ÷ nginx", (PROBE, "/health"), (NGINX, "/health")),

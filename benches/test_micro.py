@@ -2,10 +2,11 @@
 
 Each group holds two benchmarks of one operation, ``phoenix`` (``phoenix._core.Core``, what the RSGI
 handler calls) and ``pure-python`` (:class:`pure_python.PurePythonCore`: a dict with a ``time.monotonic``
-TTL, ``asyncio.gather`` and ``json.dumps``), driven by the same code through the same calls. After the
-table, ``conftest.py`` prints each group's ratio of medians; ``--benchmark-compare`` lines a run up
-against a saved one. Each benchmark also checks its answers (``extra_info["correct"]``): a fast wrong
-answer fails.
+TTL, ``asyncio.gather`` and ``json.dumps``), driven by the same code through the same calls; the
+``metrics-render`` groups set a ``/metrics`` scrape beside ``prometheus-client`` (the official Python
+client) rendering the same series. After the table, ``conftest.py`` prints each group's ratio of
+medians; ``--benchmark-compare`` lines a run up against a saved one. Each benchmark also checks its
+answers (``extra_info["correct"]``): a fast wrong answer fails.
 
     make bench
 """
@@ -14,13 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
+import prometheus_client
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import parser as openmetrics_parser
+from prometheus_client.parser import text_string_to_metric_families
 
 from phoenix import _core
 from phoenix.config import DEFAULTS
@@ -288,4 +295,204 @@ def test_render(benchmark: Any, impl: str) -> None:
         and report.keys() == {"error", "code", "timestamp"}
         and (report["error"], report["code"]) == ("Not Found", 404)
         and is_recent(report["timestamp"]),
+    )
+
+
+# --- /metrics --------------------------------------------------------------------------------------
+
+SCRAPED_CHECKS = 100
+# What a scraper sends: Prometheus 2.x asks for OpenMetrics first; with it off, for the 0.0.4 text.
+ACCEPT = {
+    "text": "text/plain;version=0.0.4;q=1,*/*;q=0.1",
+    "openmetrics": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+}
+CONTENT_TYPES = {
+    "text": "text/plain; version=0.0.4; charset=utf-8",
+    "openmetrics": "application/openmetrics-text; version=1.0.0; charset=utf-8",
+}
+# The latency buckets of both histograms (seconds), as the interface states them.
+BUCKETS = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5}
+BUCKETS |= {1.0, 2.5, 5.0, 10.0, math.inf}
+# A request to each route template (and a HEAD and a 405), so that the HTTP series exist.
+SERVED = [
+    ("GET", "/health"),
+    ("HEAD", "/health"),
+    ("POST", "/health"),
+    ("GET", "/live"),
+    ("GET", "/startup"),
+    ("GET", "/ready"),
+    ("GET", "/ready/ping0"),
+    ("GET", "/metrics"),
+    ("GET", "/status"),
+    ("GET", "/no-such-path"),
+]
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_scope(accept: str) -> Scope:
+    return Scope("", {"host": "10.0.0.7:5001", "user-agent": "Prometheus/2.42.0", "accept": accept})
+
+
+@dataclass
+class Scraped:
+    """One kernel's series, held twice: by a Phoenix core, and by prometheus_client's metrics."""
+
+    core: _core.Core
+    registry: CollectorRegistry
+
+
+def mirror(scrape: str) -> CollectorRegistry:
+    """prometheus_client's metrics holding the series of ``scrape`` (Phoenix's 0.0.4 text), as a Python
+    service would record them: each family declared with its type, name, help and label names (each
+    histogram with its buckets), then each series set to its value."""
+    registry = CollectorRegistry(auto_describe=False)
+    for family in text_string_to_metric_families(scrape):
+        if not family.samples:
+            raise ValueError(f"{family.name} has no series: the kernel was not set up to fill it")
+        name, documentation = family.name, family.documentation
+        labelnames = [label for label in family.samples[0].labels if label != "le"]
+        if family.type == "gauge":
+            gauge = Gauge(name, documentation, labelnames, registry=registry)
+            for sample in family.samples:
+                (gauge.labels(**sample.labels) if labelnames else gauge).set(sample.value)
+        elif family.type == "counter":
+            counter = Counter(name, documentation, labelnames, registry=registry)
+            for sample in family.samples:
+                (counter.labels(**sample.labels) if labelnames else counter).inc(sample.value)
+        elif family.type == "histogram":
+            replay(family, labelnames, registry)
+        else:
+            raise ValueError(f"{name}: no mirror for a {family.type}")
+    return registry
+
+
+def replay(family: Metric, labelnames: list[str], registry: CollectorRegistry) -> None:
+    """A histogram ``family`` declared with its buckets, and its observations replayed from its counts,
+    each at its bucket's upper bound (twice the last finite bound for +Inf): the counts match, the sums
+    do not."""
+    cumulative: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+    for sample in family.samples:
+        if sample.name.endswith("_bucket"):
+            labels = tuple((k, v) for k, v in sample.labels.items() if k != "le")
+            cumulative.setdefault(labels, []).append((float(sample.labels["le"]), sample.value))
+    bounds = sorted({bound for counts in cumulative.values() for bound, _ in counts})
+    metric = Histogram(family.name, family.documentation, labelnames, registry=registry, buckets=bounds)
+    for labels, counts in cumulative.items():
+        child = metric.labels(**dict(labels))
+        below = 0.0
+        for bound, count in sorted(counts):
+            for _ in range(int(count - below)):
+                child.observe(bound if bound != math.inf else 2 * bounds[-2])
+            below = count
+
+
+@pytest.fixture(scope="module")
+def scraped(loop: asyncio.AbstractEventLoop) -> Iterator[Scraped]:
+    """A kernel of 100 native pings after one round (every check has run and passed, so each of its
+    series has a value) and a request to each route (served as the RSGI handler serves them, so they
+    are counted), and prometheus_client's metrics holding the same series."""
+    core = make_core("phoenix", health_ttl_ms=HOUR_MS, ready_ttl_ms=HOUR_MS, pings=SCRAPED_CHECKS)
+    assert isinstance(core, _core.Core)
+    loop.run_until_complete(get_ready(core, Tally()))
+    for method, path in SERVED:
+        assert core.serve(method, path, SCOPE) is not None, f"{method} {path} was not answered at once"
+    response = core.route("GET", "/metrics", scrape_scope(ACCEPT["text"]))
+    assert response is not None
+    # Phoenix has no `_created` series: prometheus_client leaves them out too (for this process).
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    yield Scraped(core, mirror(response[2].decode()))
+    prometheus_client.enable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def renderer(impl: str, scraped: Scraped, exposition: str) -> Callable[[], Response | None]:
+    """A ``/metrics`` scrape, start to answer. Phoenix: ``core.route``, which reads the ``Accept``
+    header, renders every series (never cached) and hands back ``(status, headers, body)``.
+    prometheus_client: what its own HTTP handlers do, ``choose_encoder`` on the ``Accept`` header then
+    the encoder (``generate_latest``) over the registry, into the same tuple."""
+    accept = ACCEPT[exposition]
+    if impl == "phoenix":
+        scope = scrape_scope(accept)
+        return lambda: scraped.core.route("GET", "/metrics", scope)
+
+    def render() -> Response:
+        encode, content_type = choose_encoder(accept)
+        return 200, [("content-type", content_type)], encode(scraped.registry)
+
+    return render
+
+
+def series(response: Response | None, exposition: str) -> Series | None:
+    """A scrape's samples by name and labels (``le`` as a number: the two write it differently), if it
+    is a 200 in the format asked for that parses."""
+    if response is None:
+        return None
+    status, headers, body = response
+    # prometheus_client adds an `escaping` parameter to the OpenMetrics type.
+    if status != 200 or len(headers) != 1 or not headers[0][1].startswith(CONTENT_TYPES[exposition]):
+        return None
+    text = body.decode()
+    if exposition == "openmetrics":
+        families = openmetrics_parser.text_string_to_metric_families(text)  # type: ignore[no-untyped-call]
+    else:
+        families = text_string_to_metric_families(text)
+    found: Series = {}
+    for family in families:
+        for sample in family.samples:
+            labels = {k: str(float(v)) if k == "le" else v for k, v in sample.labels.items()}
+            found[sample.name, frozenset(labels.items())] = sample.value
+    return found
+
+
+def is_full_scrape(found: Series) -> bool:
+    """Every check passing after its one run, and every histogram with the interface's buckets."""
+    passing = [
+        labels
+        for (name, labels), value in found.items()
+        if name == "phoenix_check_status" and ("status", "pass") in labels and value == 1
+    ]
+    bounds = {float(v) for name, labels in found if name.endswith("_bucket") for k, v in labels if k == "le"}
+    return len(passing) == SCRAPED_CHECKS and bounds == BUCKETS
+
+
+def same_series(a: Series, b: Series) -> bool:
+    """The same series with the same values, but for those the two cannot share: the uptime (read at
+    each scrape) and histogram sums (see ``mirror``)."""
+
+    def steady(found: Series) -> Series:
+        return {
+            key: value
+            for key, value in found.items()
+            if key[0] != "phoenix_uptime_seconds" and not key[0].endswith("_sum")
+        }
+
+    return a.keys() == b.keys() and steady(a) == steady(b)
+
+
+@pytest.mark.parametrize("exposition", ["text", "openmetrics"])
+@pytest.mark.parametrize("impl", ["phoenix", "prometheus-client"])
+def test_metrics_render(benchmark: Any, scraped: Scraped, impl: str, exposition: str) -> None:
+    """A ``/metrics`` scrape of a kernel with 100 checks (about 3,300 samples, most of them the checks'
+    duration buckets), in the 0.0.4 text format (group ``metrics-render``) and in OpenMetrics
+    (``metrics-render-openmetrics``): Phoenix's core against prometheus_client rendering the same
+    families and series (see ``mirror``). Each call renders anew; the answer must parse (with
+    prometheus_client's parser for its format) to the other's series."""
+    benchmark.group = "metrics-render" if exposition == "text" else "metrics-render-openmetrics"
+    benchmark.extra_info["lib"] = impl
+    render = renderer(impl, scraped, exposition)
+    other = "prometheus-client" if impl == "phoenix" else "phoenix"
+
+    response = benchmark(render)
+
+    found = series(response, exposition)
+    expected = series(renderer(other, scraped, exposition)(), exposition)
+    again = render()
+    renders_anew = response is not None and again is not None and again[2] is not response[2]
+    record(
+        benchmark,
+        found is not None
+        and expected is not None
+        and is_full_scrape(found)
+        and same_series(found, expected)
+        and renders_anew,
     )

@@ -603,13 +603,14 @@ impl Service {
     /// `/metrics`: every series, in the format the scraper asks for. Shown to whoever may see
     /// readiness details, except that `never` still serves them: they hold names and numbers, never an
     /// error text, and a scraper beyond loopback is their point.
-    fn metrics_reply(&self, parts: Parts<'_>, head: bool) -> Reply {
+    fn metrics_reply(self: &Arc<Self>, parts: Parts<'_>, head: bool) -> Reply {
         let guarded =
             self.details.mode() == DetailsPolicy::TOKEN && !self.metrics_public.load(Ordering::Relaxed);
         if guarded && !self.details.shown_to(parts.authorization) {
             return self.error(401);
         }
         let openmetrics = metrics::wants_openmetrics(parts.accept);
+        self.keep_readiness_fresh();
         let text = self.with_own_state(|own| match self.board.get() {
             Some(board) => {
                 let server = board.gather(&own);
@@ -631,7 +632,7 @@ impl Service {
             }
             None => Scrape {
                 version: env!("CARGO_PKG_VERSION"),
-                ready: own.ready,
+                ready: own.ready == Some(true),
                 draining: own.draining,
                 uptime: self.started.elapsed(),
                 loop_lag: own.lag,
@@ -656,7 +657,7 @@ impl Service {
     fn with_own_state<R>(&self, then: impl FnOnce(Worker<'_>) -> R) -> R {
         let subsystems = self.subsystems.load();
         then(Worker {
-            ready: self.is_ready(),
+            ready: self.readiness_now(),
             draining: self.draining(),
             lag: self.heartbeat.worst().map(Duration::from_millis),
             born: self.born,
@@ -680,19 +681,33 @@ impl Service {
         Ok(())
     }
 
+    /// Starts a readiness round when `/ready` would: a scrape or the status page must not wait for a
+    /// probe to ask before it shows readiness and check statuses. A round of native checks completes
+    /// here; a slower one (an `async def` check) is shown by the next look.
+    fn keep_readiness_fresh(self: &Arc<Self>) {
+        if self.ready.read_fresh(|_| ()).is_none() {
+            self.refresh_ready();
+        }
+    }
+
     /// Whether `/ready` would answer 200 now, from the newest round.
     fn is_ready(&self) -> bool {
-        !self.draining()
-            && self.heartbeat.ready_stalled().is_none()
-            && self.ready.newest().is_some_and(|entry| entry.value.report.ready())
+        self.readiness_now() == Some(true)
+    }
+
+    /// What `/ready` would answer now, from the newest round; `None` before the first round.
+    fn readiness_now(&self) -> Option<bool> {
+        let report = self.ready.newest().map(|entry| entry.value.report.ready())?;
+        Some(report && !self.draining() && self.heartbeat.ready_stalled().is_none())
     }
 
     /// `/status`: the status page, or with `?format=json` its data (each subsystem with its recent
     /// runs), under the details policy.
-    fn status_reply(&self, parts: Parts<'_>, head: bool) -> Reply {
+    fn status_reply(self: &Arc<Self>, parts: Parts<'_>, head: bool) -> Reply {
         let wants_json =
             form_urlencoded::parse(parts.query.as_bytes()).any(|(k, v)| k == "format" && v == "json");
         let body = if wants_json {
+            self.keep_readiness_fresh();
             let details = self.details.shown_to(parts.authorization);
             let subsystems = self.subsystems.load();
             let latest = self.ready.newest();
@@ -1398,8 +1413,9 @@ mod tests {
         assert_eq!(shown["status"], "ready");
         let db = &shown["subsystems"][0];
         assert_eq!((db["name"].as_str(), db["status"].as_str()), (Some("db"), Some("pass")));
-        assert_eq!(db["history"].as_array().unwrap().len(), 3);
-        assert_eq!(db["history"][2]["status"], "pass");
+        // Three rounds asked by /ready, and a fourth by the page's data itself (the entry was stale).
+        assert_eq!(db["history"].as_array().unwrap().len(), 4);
+        assert_eq!(db["history"][3]["status"], "pass");
         let hidden = data(None);
         assert_eq!(hidden["status"], "ready");
         assert!(hidden.get("subsystems").is_none(), "{hidden}");
@@ -1418,5 +1434,24 @@ mod tests {
         let data =
             json(&get(&service, "/status", Parts { query: "format=json", ..Parts::default() }).unwrap());
         assert_eq!(data["subsystems"][0]["history"].as_array().unwrap().len(), crate::checks::RECENT_RUNS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scrape_refreshes_readiness_without_waiting_for_a_probe() {
+        let service = service(Details::Always);
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
+        let scrape = text(&get(&service, "/metrics", Parts::default()).unwrap());
+        assert_eq!(sample(&scrape, "phoenix_ready"), Some(1.0), "{scrape}");
+        assert_eq!(sample(&scrape, "phoenix_check_status{check=\"db\",status=\"pass\"}"), Some(1.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_page_data_refreshes_readiness_without_waiting_for_a_probe() {
+        let service = service(Details::Always);
+        service.add(check("db", counted(Duration::ZERO, 1.0).0)).unwrap();
+        let data =
+            json(&get(&service, "/status", Parts { query: "format=json", ..Parts::default() }).unwrap());
+        assert_eq!(data["status"], "ready", "{data}");
+        assert_eq!(data["subsystems"][0]["status"], "pass");
     }
 }

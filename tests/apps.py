@@ -7,11 +7,12 @@ reads back), since the server runs in another process.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
 import time
 
-from phoenix import Kernel
+from phoenix import Kernel, default_kernel
 
 
 def _record(name: str) -> None:
@@ -417,3 +418,62 @@ def fastapi_app() -> object:
 
     app.mount("/probe", kernel.asgi())
     return app
+
+
+# Apps for issue 10: metrics, scraped by a real Prometheus.
+
+
+def flagged() -> Kernel:
+    """One check, ``flag``, that fails while the file ``$PHOENIX_TEST_FLAG`` exists: a test makes the
+    kernel unready by creating the file, one instance at a time when it serves several."""
+    kernel = Kernel(ready_ttl_ms=0, request_log=False)
+    flag = os.environ.get("PHOENIX_TEST_FLAG", "")
+
+    @kernel.subsystem("flag", threshold=0.5)
+    def flag_absent() -> bool:
+        return not os.path.exists(flag)
+
+    return kernel
+
+
+# Apps for issue 10's status page.
+
+
+def status_page() -> Kernel:
+    """The status page's kernel: `db` passes, `cache` warns, and `switch` reads its metric from the
+    file `$PHOENIX_TEST_METRIC`, so the test decides when it fails."""
+    kernel = Kernel()
+
+    @kernel.subsystem("db", threshold=0.5)
+    async def db() -> float:
+        return 0.9
+
+    @kernel.subsystem("cache", threshold=0.5, warn_threshold=0.8)
+    def cache() -> float:
+        return 0.7
+
+    kernel.subsystem("switch", threshold=0.5)(_scripted_metric)
+    return kernel
+
+
+_SHOWCASE_RUNS_BEFORE_OUTAGE = 20
+
+
+def status_showcase() -> Kernel:
+    """The README's screenshot of the status page (benches/status_screenshot.py): the default kernel
+    over ./phoenix-data, `job_queue` warning, and `payments_api`, which passes its first 20 runs and then
+    fails, so its history strip shows the outage begin."""
+    kernel = default_kernel()
+    runs = itertools.count()
+
+    @kernel.subsystem("payments_api", threshold=0.5)
+    async def payments_api() -> float:
+        if next(runs) < _SHOWCASE_RUNS_BEFORE_OUTAGE:
+            return 1.0
+        raise ConnectionError("connect to payments.internal:443 refused")
+
+    @kernel.subsystem("job_queue", threshold=0.5, warn_threshold=0.8)
+    def job_queue() -> float:
+        return 0.72
+
+    return kernel

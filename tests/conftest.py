@@ -196,6 +196,21 @@ def wrk() -> str:
     return ensure_command("wrk", "wrk")
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    from .debian import ensure_command
+
+    return ensure_command("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def prometheus_command() -> str:
+    """The Prometheus server's command (Debian's ``prometheus``, which also brings ``promtool``)."""
+    from .debian import ensure_command
+
+    return ensure_command("prometheus", "prometheus")
+
+
 def serve_with_probe_port(serve: Any, *args: str, **options: Any) -> tuple[Server, Server]:
     """``serve(*args, "--probe-port", P, **options)`` on a free loopback port P; returns the server
     seen on its main port and on its probe port, once both answer ``/health``."""

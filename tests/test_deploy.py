@@ -113,3 +113,12 @@ def test_port_and_settings_are_real_phoenix_settings() -> None:
     assert set(settings) <= keys
     assert int(settings["PHOENIX_PORT"]) == container_port("http")
     assert settings["PHOENIX_DETAILS"] == "token", "served beyond loopback: details behind the token"
+
+
+def test_the_pod_asks_to_be_scraped_on_the_probe_port() -> None:
+    documents = list(yaml.safe_load_all(MANIFEST.read_text()))
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == container_port("probes")
+    assert annotations["prometheus.io/path"] == "/metrics"

@@ -5,7 +5,8 @@
 //!
 //! - Counters and histograms are summed over every worker the server has had: a worker that died
 //!   keeps its last published counts, so the sums never go down when one is replaced.
-//! - Gauges come from the live workers: ready only when all are, draining when any is, a check's status
+//! - Gauges come from the live workers: ready only when all are (of those that have had a readiness
+//!   round), draining when any is, a check's status
 //!   the worst of theirs, the loop lag the largest, the uptime the oldest's.
 
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ const WORKERS: usize = 64;
 const MAX_CHECKS: usize = 256;
 const NAME_BYTES: usize = 128;
 const NO_LAG: u64 = u64::MAX;
+/// A worker's readiness before its first round.
+const UNKNOWN: u64 = 2;
 
 /// One worker's published state. Atomics only, laid out as in C, so it reads the same in every process.
 #[repr(C)]
@@ -57,7 +60,8 @@ struct PublishedCheck {
 
 /// A worker's own state, as it publishes it and as a scrape starts from.
 pub struct Worker<'a> {
-    pub ready: bool,
+    /// `None` before its first readiness round: a worker no probe has reached yet has no say.
+    pub ready: Option<bool>,
     pub draining: bool,
     pub lag: Option<Duration>,
     pub born: SystemTime,
@@ -136,7 +140,7 @@ impl Board {
     /// Publishes this worker's state to its slot.
     pub fn publish(&self, worker: &Worker<'_>) {
         let slot = &self.slots()[self.mine];
-        slot.ready.store(u64::from(worker.ready), Ordering::Relaxed);
+        slot.ready.store(worker.ready.map_or(UNKNOWN, u64::from), Ordering::Relaxed);
         slot.draining.store(u64::from(worker.draining), Ordering::Relaxed);
         slot.lag_ms.store(worker.lag.map_or(NO_LAG, millis), Ordering::Relaxed);
         slot.born_ms.store(unix_ms(worker.born), Ordering::Relaxed);
@@ -174,6 +178,12 @@ impl Board {
             add_check((*name).to_owned(), Some(severity(*status)), check);
         }
         let (mut ready, mut draining, mut lag, mut born) = (own.ready, own.draining, own.lag, own.born);
+        let mut add_ready = |worker: Option<bool>| {
+            ready = match (ready, worker) {
+                (Some(all), Some(this)) => Some(all && this),
+                (known, None) | (None, known) => known,
+            }
+        };
         for (i, slot) in self.slots().iter().enumerate() {
             let owner = slot.owner.load(Ordering::Acquire);
             if i == self.mine || owner == 0 || slot.server.load(Ordering::Acquire) != self.server {
@@ -189,7 +199,10 @@ impl Board {
                 add_check(String::from_utf8_lossy(&name).into_owned(), status, &cell.metrics);
             }
             if alive {
-                ready &= slot.ready.load(Ordering::Relaxed) == 1;
+                add_ready(match slot.ready.load(Ordering::Relaxed) {
+                    UNKNOWN => None,
+                    flag => Some(flag == 1),
+                });
                 draining |= slot.draining.load(Ordering::Relaxed) == 1;
                 let sibling_lag = slot.lag_ms.load(Ordering::Relaxed);
                 if sibling_lag != NO_LAG {
@@ -200,7 +213,7 @@ impl Board {
         }
         let checks =
             checks.into_iter().map(|(name, worst, metrics)| (name, status_of(worst), metrics)).collect();
-        Gathered { ready, draining, lag, born, metrics, checks }
+        Gathered { ready: ready.unwrap_or(false), draining, lag, born, metrics, checks }
     }
 }
 
@@ -245,7 +258,7 @@ mod tests {
     }
 
     fn worker<'a>(metrics: &'a Metrics, checks: Vec<(&'a str, Status, &'a CheckMetrics)>) -> Worker<'a> {
-        Worker { ready: true, draining: false, lag: None, born: SystemTime::now(), metrics, checks }
+        Worker { ready: Some(true), draining: false, lag: None, born: SystemTime::now(), metrics, checks }
     }
 
     #[test]
@@ -266,12 +279,16 @@ mod tests {
         only_theirs.record(RunResult::Pass, Duration::from_millis(1), SystemTime::now());
         let mut sibling =
             worker(&theirs, vec![("db", Status::Fail, &db_theirs), ("cache", Status::Pass, &only_theirs)]);
-        sibling.ready = false;
+        sibling.ready = Some(false);
         sibling.lag = Some(Duration::from_millis(2500));
         second.publish(&sibling);
         let gathered = first.gather(&worker(&mine, vec![("db", Status::Pass, &db_mine)]));
         assert_eq!(gathered.metrics.requests[RouteLabel::Health as usize][0][0].load(Ordering::Relaxed), 3);
         assert!(!gathered.ready, "one worker is not ready: the server is not");
+        // A worker that has had no round yet has no say.
+        sibling.ready = None;
+        second.publish(&sibling);
+        assert!(first.gather(&worker(&mine, Vec::new())).ready);
         assert_eq!(gathered.lag, Some(Duration::from_millis(2500)));
         let names: Vec<(&str, Status)> = gathered.checks.iter().map(|(n, s, _)| (n.as_str(), *s)).collect();
         assert_eq!(names, [("db", Status::Fail), ("cache", Status::Pass)]);
