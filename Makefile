@@ -57,8 +57,11 @@ fmt: deps
 	ruff format python tests benches
 	ruff check --fix python tests benches
 
+# The abi3 wheel for CPython >= 3.10 on Linux x86_64 with glibc >= 2.17 (manylinux2014): zig (the ziglang
+# package of the dev group) links it against glibc 2.17 whatever this machine's glibc, and maturin refuses to
+# tag a wheel that needs more. Plus the sdist, for every other platform (built with a Rust toolchain).
 wheel: deps
-	maturin build --release -o $(DIST)
+	maturin build --release --zig --compatibility manylinux2014 -o $(DIST)
 	maturin sdist -o $(DIST)
 
 # Micro-benchmarks, Phoenix beside pure Python per group, with the ratios printed after the table. Each run

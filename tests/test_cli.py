@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from .conftest import Server, free_port, phoenix_env, wait_until_serving
+from .test_wheel import cargo_version
 
 
 def phoenix(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -386,3 +387,8 @@ def test_check_with_a_bad_url_exits_2_with_one_line(tmp_path: Path, url: str) ->
     assert result.returncode == 2, result
     (line,) = result.stderr.strip().splitlines()
     assert "--url" in line
+
+
+def test_version_prints_cargo_tomls_version(tmp_path: Path) -> None:
+    result = phoenix("--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"phoenix {cargo_version()}\n", "")

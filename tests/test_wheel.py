@@ -1,42 +1,198 @@
-"""The wheel users install: built by `make wheel`, installed where no Rust toolchain exists."""
+"""What users install: the wheel `make wheel` builds (audited for glibc 2.17, installed where no Rust
+toolchain exists, then run as a user runs it), the sdist (built into a working wheel with Rust), and the
+one version, Cargo.toml's, that every part of them reports."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+import phoenix
+from phoenix import _core
+
+from .conftest import ROOT, Server, free_port, wait_until_serving
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+# manylinux2014: the oldest glibc our users' long-lived base images run (RHEL 7 and later).
+OLDEST_GLIBC = (2, 17)
+# Bounds each release build (zig's, or pip's from the sdist): about two minutes each on 2 idle cores.
+BUILD_TIMEOUT_S = 900
+# Bounds creating a venv or installing a wheel and its dependencies.
+INSTALL_TIMEOUT_S = 300
+# Only the system directories: no cargo, rustc or maturin to fall back on.
+SYSTEM_PATH = ["/usr/bin", "/bin"]
+
+
+def cargo_version() -> str:
+    """The version's one home."""
+    with (ROOT / "Cargo.toml").open("rb") as fh:
+        version: str = tomllib.load(fh)["package"]["version"]
+    return version
+
+
+def fresh_venv(path: Path) -> Path:
+    """A new venv with nothing but pip; returns its bin directory."""
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=INSTALL_TIMEOUT_S)
+    return path / "bin"
+
+
+def env_with_path(*directories: Path | str, home: Path) -> dict[str, str]:
+    """An environment with ``directories`` as its whole PATH, and no variable of this venv or of Phoenix."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "PYTHONPATH", "CARGO_TARGET_DIR") and not k.startswith("PHOENIX_")
+    }
+    env["PATH"] = os.pathsep.join(map(str, directories))
+    env.setdefault("HOME", str(home))
+    return env
+
+
+def install(venv_bin: Path, wheel: Path, env: dict[str, str]) -> None:
+    pip = [str(venv_bin / "python"), "-m", "pip", "install", "-q", str(wheel)]
+    subprocess.run(pip, check=True, env=env, timeout=INSTALL_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make wheel`'s output, built once for this module's tests."""
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run(["make", "-s", "wheel", f"DIST={dist}"], cwd=ROOT, check=True, timeout=BUILD_TIMEOUT_S)
+    return dist
+
+
+def test_the_version_has_one_home_in_cargo_toml() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        project = tomllib.load(fh)["project"]
+    assert "version" not in project, "pyproject.toml takes the version from Cargo.toml (dynamic)"
+    assert "version" in project["dynamic"]
+    # The installed metadata, the package and the compiled core (CARGO_PKG_VERSION, as in
+    # phoenix_build_info) all carry Cargo.toml's version: a stale build shows here.
+    assert importlib.metadata.version("phoenix-kernel") == cargo_version()
+    assert phoenix.__version__ == cargo_version()
+    assert _core.__version__ == cargo_version()
 
 
 @pytest.mark.slow
-def test_wheel_installs_into_a_fresh_venv_without_rust_and_checks_ready(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
-    subprocess.run(["make", "-s", "wheel", f"DIST={dist}"], cwd=ROOT, check=True, timeout=900)
-    (wheel,) = dist.glob("*-abi3-*.whl")
-    assert list(dist.glob("*.tar.gz")), "make wheel also builds the sdist"
+def test_make_wheel_builds_a_manylinux2014_abi3_wheel_by_auditwheel(dist: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    assert wheel.name.startswith(f"phoenix_kernel-{cargo_version()}-cp310-abi3-"), wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(f"phoenix_kernel-{cargo_version()}.dist-info/METADATA").decode()
+    assert f"\nVersion: {cargo_version()}\n" in metadata
+    assert "\nLicense-Expression: MIT\n" in metadata
 
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    # Only the venv and the system directories: no cargo, rustc or maturin to fall back on.
-    path = os.pathsep.join([str(venv / "bin"), "/usr/bin", "/bin"])
-    assert shutil.which("cargo", path=path) is None
-    env = {"PATH": path, "HOME": os.environ.get("HOME", str(tmp_path))}
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)]
-    subprocess.run(pip, check=True, env=env, timeout=600)
+    shown = subprocess.run(
+        [sys.executable, "-m", "auditwheel", "show", str(wheel)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    text = " ".join(shown.stdout.split())  # auditwheel wraps its lines
+    tag = re.search(r'consistent with the following platform tag: "manylinux_(\d+)_(\d+)_x86_64"', text)
+    assert tag, shown.stdout
+    assert (int(tag[1]), int(tag[2])) <= OLDEST_GLIBC, shown.stdout
 
-    result = subprocess.run(
-        [str(venv / "bin" / "phoenix"), "check", "--data-dir", str(tmp_path / "data")],
+
+@pytest.mark.slow
+def test_the_wheel_installs_without_rust_and_checks_and_serves(dist: Path, tmp_path: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    venv = fresh_venv(tmp_path / "venv")
+    env = env_with_path(venv, *SYSTEM_PATH, home=tmp_path)
+    assert shutil.which("cargo", path=env["PATH"]) is None
+    install(venv, wheel, env)
+
+    def phoenix_cli(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        command = [str(venv / "phoenix"), *args]
+        run_env = {**env, **extra_env}
+        return subprocess.run(command, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=120)
+
+    version = phoenix_cli("--version")
+    assert (version.returncode, version.stdout) == (0, f"phoenix {cargo_version()}\n"), version
+
+    # Port 0: no server to ask (5001 may be someone's `make run`), so the kernel is checked in-process.
+    check = phoenix_cli("check", "--data-dir", str(tmp_path / "check-data"), PHOENIX_PORT="0")
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["status"] == "ready"
+
+    port = free_port()
+    data_dir = tmp_path / "serve-data"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(venv / "phoenix"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env, "PHOENIX_SHUTDOWN_DRAIN_MS": "0"},
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        server = Server(proc, port, log_path, tmp_path / "runs.txt", data_dir)
+        try:
+            wait_until_serving(server)
+            health = server.request("/health")
+            assert health.json()["status"] == "healthy"
+            metrics = server.request("/metrics")
+            assert metrics.status == 200, metrics.body
+            assert f'phoenix_build_info{{version="{cargo_version()}"}} 1\n'.encode() in metrics.body
+            assert server.stop(timeout=30) == 0, server.logs()
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # no worker may outlive the test
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_the_sdist_builds_a_working_wheel_with_rust(dist: Path, tmp_path: Path) -> None:
+    (sdist,) = dist.glob("*.tar.gz")
+    cargo = shutil.which("cargo")
+    assert cargo, "the sdist needs a Rust toolchain to build"
+    builder = fresh_venv(tmp_path / "build-venv")
+    build_env = env_with_path(builder, Path(cargo).parent, *SYSTEM_PATH, home=tmp_path)
+    built = tmp_path / "built"
+    subprocess.run(
+        [str(builder / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(built), str(sdist)],
+        check=True,
+        env=build_env,
+        cwd=tmp_path,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    (wheel,) = built.glob("*.whl")
+
+    venv = fresh_venv(tmp_path / "venv")
+    env = env_with_path(venv, *SYSTEM_PATH, home=tmp_path)
+    install(venv, wheel, env)
+    imported = subprocess.run(
+        [str(venv / "python"), "-c", "import phoenix._core; print(phoenix._core.__version__)"],
         capture_output=True,
         text=True,
         env=env,
         cwd=tmp_path,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["status"] == "ready"
+    assert (imported.returncode, imported.stdout) == (0, f"{cargo_version()}\n"), imported.stderr

@@ -26,6 +26,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from . import __version__
 from .config import KEYS, ConfigError, Settings, is_loopback, load_settings
 from .kernel import DRAIN_SIGNAL, Kernel, default_kernel
 from .log import configure, dictconfig
@@ -387,6 +388,7 @@ def _check(settings: Settings, url: str | None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenix", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"phoenix {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve /health and /ready over HTTP")
     check = commands.add_parser(
