@@ -15,6 +15,7 @@ import ctypes
 import functools
 import http.client
 import importlib
+import inspect
 import itertools
 import json
 import logging
@@ -24,7 +25,7 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from . import __version__
 from .config import KEYS, ConfigError, Settings, is_loopback, load_settings
@@ -40,25 +41,16 @@ CHECK_STARTUP_WAIT_S = 30.0
 CHECK_ANSWER_TIMEOUT_S = 10.0
 
 
+# Kernel's keyword arguments: each is a key of the one config table (tests/test_config.py holds them
+# in step), so the default kernel takes them all from the settings by name.
+KERNEL_OPTIONS: Final = tuple(p for p in inspect.signature(Kernel.__init__).parameters if p != "self")
+
+
 def load_kernel(settings: Settings) -> Kernel:
     """The kernel named by ``settings.app`` (a Kernel, or a function returning one), else the default."""
     if settings.app is None:
-        return default_kernel(
-            settings.data_dir,
-            health_ttl_ms=settings.health_ttl_ms,
-            ready_ttl_ms=settings.ready_ttl_ms,
-            check_timeout_ms=settings.check_timeout_ms,
-            request_log=settings.request_log,
-            details=settings.details,
-            token=settings.token,
-            shutdown_drain_ms=settings.shutdown_drain_ms,
-            probe_port=settings.probe_port,
-            probe_host=settings.probe_host,
-            live_stale_ms=settings.live_stale_ms,
-            ready_stale_ms=settings.ready_stale_ms,
-            metrics=settings.metrics,
-            metrics_public=settings.metrics_public,
-        )
+        options = {name: getattr(settings, name) for name in KERNEL_OPTIONS}
+        return default_kernel(settings.data_dir, **options)
     module_name, _, attr_path = settings.app.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
