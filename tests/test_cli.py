@@ -490,9 +490,9 @@ def test_the_checks_join_an_apps_kernel_and_the_default_kernel(
     assert "plastic_ltm" in default.subsystems
 
 
-def test_check_waits_for_the_checks_first_results_and_reports_them(tmp_path: Path) -> None:
-    """Dependency checks run in the background: a one-off check that judged them at once would find them
-    `pending`, and the empty kernel around them ready to be judged straight away."""
+def test_check_reports_the_checks_first_results(tmp_path: Path) -> None:
+    """Dependency checks run in the background; a one-off check is judged at once (the empty kernel has
+    nothing to initialise), and must report their first results rather than `pending`."""
     with socket.create_server(("127.0.0.1", 0)) as listening:
         (tmp_path / "phoenix.toml").write_text(
             f'[[check]]\nname = "data"\nkind = "disk"\npath = "{tmp_path}"\nthreshold = 0.0\n'

@@ -34,11 +34,8 @@ from .log import configure, dictconfig
 
 _log = logging.getLogger("phoenix.kernel")
 
-# How long `phoenix check` waits for the native subsystems to come up, and background checks to report,
-# before judging them.
+# How long `phoenix check` waits for the native subsystems to come up before judging them.
 CHECK_STARTUP_WAIT_S = 30.0
-# How often `phoenix check` looks again for background checks' first results.
-CHECK_PENDING_POLL_S = 0.05
 # How long `phoenix check` waits for a server's answer: a round takes as long as its slowest check's
 # timeout (500 ms by default).
 CHECK_ANSWER_TIMEOUT_S = 10.0
@@ -307,22 +304,10 @@ def _serve(settings: Settings) -> int:
 
 async def _check_once(kernel: Kernel) -> dict[str, Any]:
     kernel.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CHECK_STARTUP_WAIT_S
     # A start-up that never finishes is judged as it stands: its subsystems report "initialising".
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(kernel.wait_initialised(), CHECK_STARTUP_WAIT_S)
-    report = await kernel.check()
-    # Background checks (every dependency check among them) are `pending` until their first run ends,
-    # which their timeout bounds: judged before that, a one-off check would call them not ready.
-    while _any_pending(report) and loop.time() < deadline:
-        await asyncio.sleep(CHECK_PENDING_POLL_S)
-        report = await kernel.check()
-    return report
-
-
-def _any_pending(report: dict[str, Any]) -> bool:
-    return any(sub.get("status") == "pending" for sub in report.get("subsystems", {}).values())
+    return await kernel.check()
 
 
 class _NoAnswer(Exception):
