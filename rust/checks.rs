@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -104,6 +104,9 @@ pub struct Subsystem {
 struct Run {
     result: Shared<CheckFuture>,
     finished: Arc<AtomicBool>,
+    /// What the run's result was judged to be, by the first measurement to see it: a round that joins
+    /// the background run reports the same outcome without recording the run a second time.
+    outcome: Arc<OnceLock<Outcome>>,
 }
 
 struct History {
@@ -197,7 +200,11 @@ impl Subsystem {
         };
         if let Some(result) = answered {
             finished.store(true, Ordering::Release);
-            let run = Run { result: futures::future::ready(result).boxed().shared(), finished };
+            let run = Run {
+                result: futures::future::ready(result).boxed().shared(),
+                finished,
+                outcome: Arc::default(),
+            };
             *current = Some(run.clone());
             return (run, false);
         }
@@ -207,7 +214,7 @@ impl Subsystem {
             work.await
         });
         let result = async move { task_result(task.await) }.boxed().shared();
-        let run = Run { result, finished };
+        let run = Run { result, finished, outcome: Arc::default() };
         *current = Some(run.clone());
         (run, false)
     }
@@ -225,12 +232,19 @@ impl Subsystem {
                 return this.pending_outcome("initialising");
             };
             let result = tokio::time::timeout(this.policy.timeout, run.result).await.ok();
-            let (ended, verdict) = this.judge(result, joined);
-            let outcome = this.record(verdict, started.elapsed());
-            // Counted by how the run ended: a tolerated failure is reported as `warn`, yet failed.
-            this.metrics.record(ended, outcome.latency, outcome.at);
-            this.latest.store(Some(Arc::new(outcome.clone())));
-            outcome
+            let conclude = |result| {
+                let (ended, verdict) = this.judge(result, joined);
+                let outcome = this.record(verdict, started.elapsed());
+                // Counted by how the run ended: a tolerated failure is reported as `warn`, yet failed.
+                this.metrics.record(ended, outcome.latency, outcome.at);
+                this.latest.store(Some(Arc::new(outcome.clone())));
+                outcome
+            };
+            match result {
+                Some(result) => run.outcome.get_or_init(|| conclude(Some(result))).clone(),
+                // Each measurement that gave up waiting reports its own timeout.
+                None => conclude(None),
+            }
         }
     }
 
@@ -253,7 +267,7 @@ impl Subsystem {
         let what = &self.measurement;
         match result {
             None => {
-                let mut why = format!("timed out after {} ms", policy.timeout.as_millis());
+                let mut why = timed_out(policy.timeout);
                 if joined {
                     why.push_str(" (still running from an earlier round)");
                 }
@@ -341,12 +355,11 @@ impl Subsystem {
         self.history.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The latest background result, or `pending` before the first one.
+    /// The latest background result, or `pending` while the gate keeps the first one back.
     fn latest_outcome(&self) -> Outcome {
         match self.latest.load_full() {
             Some(outcome) => Outcome::clone(&outcome),
-            None if !self.gate_open() => self.pending_outcome("initialising"),
-            None => self.pending_outcome("no result yet"),
+            None => self.pending_outcome("initialising"),
         }
     }
 
@@ -368,6 +381,11 @@ impl Subsystem {
             measuring.await;
         }
     }
+}
+
+/// A run that took longer than `timeout`, as every check reports it.
+pub fn timed_out(timeout: Duration) -> String {
+    format!("timed out after {} ms", timeout.as_millis())
 }
 
 /// A panic as a check's error text: `panicked: <its message>`.
@@ -456,12 +474,11 @@ pub fn start_round(
     let pending: Vec<_> = subsystems
         .iter()
         .map(|subsystem| {
-            // A gated background subsystem whose gate has opened but which has no result yet is
-            // measured by the round (joining the background run if one is pending), so that its
-            // first result follows the gate at once rather than a period later.
-            let first_since_gate =
-                subsystem.gate.is_some() && subsystem.latest.load().is_none() && subsystem.gate_open();
-            if subsystem.policy.interval.is_some() && !first_since_gate {
+            // A background subsystem with no result yet (just started, or its gate just opened) is
+            // measured by the round, joining the background run if one is pending: the first answer
+            // after start-up reports the real state rather than "no result yet".
+            let first_result = subsystem.latest.load().is_none() && subsystem.gate_open();
+            if subsystem.policy.interval.is_some() && !first_result {
                 let latest = subsystem.latest_outcome();
                 async move { latest }.boxed()
             } else {
@@ -603,17 +620,45 @@ mod tests {
         let (probe, runs) = scripted(&[0.0, 0.0, 1.0]);
         let sub = with_policy("bg", policy, probe);
         let subs = [Arc::clone(&sub)];
-        let before = round(&subs).await.outcomes[0].clone();
-        assert_eq!((before.status, before.message.as_deref()), (Status::Pending, Some("no result yet")));
-        assert_eq!(runs.load(Ordering::SeqCst), 0, "rounds do not run background checks");
-        tokio::spawn(Subsystem::run_in_background(Arc::downgrade(&sub), Handle::current()));
-        // Ticks at 0, 30, 60, ... ms of the paused clock: the first run fails, the third passes.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // No result yet: the round measures it rather than answering "pending".
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Fail);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(round(&subs).await.outcomes[0].status, Status::Fail);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "once there is a result, rounds only read it");
+        tokio::spawn(Subsystem::run_in_background(Arc::downgrade(&sub), Handle::current()));
+        // Ticks at 0, 30, 60, ... ms of the paused clock: the second run fails, the third passes.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(round(&subs).await.outcomes[0].status, Status::Fail);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(round(&subs).await.outcomes[0].status, Status::Pass);
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_joins_the_first_background_run_and_it_is_recorded_once() {
+        let mut policy = Policy::new(0.5, Duration::from_millis(100));
+        policy.interval = Some(Duration::from_secs(60));
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&starts);
+        let probe = FnProbe(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(1.0)
+            }
+        });
+        let sub = with_policy("bg", policy, probe);
+        tokio::spawn(Subsystem::run_in_background(Arc::downgrade(&sub), Handle::current()));
+        // Let the first tick start its run, which is still sleeping when the round comes.
+        tokio::task::yield_now().await;
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        let outcome = round(&[Arc::clone(&sub)]).await.outcomes[0].clone();
+        assert_eq!(outcome.status, Status::Pass);
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "the round joined the background run");
+        // Let the background measurement see the same run end.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(sub.recent().len(), 1, "one run, recorded once");
     }
 
     #[tokio::test]

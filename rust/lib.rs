@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod cache;
 pub mod checks;
+pub mod dependencies;
 pub mod exit_gate;
 pub mod heartbeat;
 pub mod metrics;

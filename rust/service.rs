@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 use crate::access_log::{self, AccessLog};
 use crate::cache::{Entry, Lookup, Refresh, TtlCache};
 use crate::checks::{start_round, FnProbe, Policy, Report, Subsystem};
+use crate::dependencies::{self, Dependency};
 use crate::heartbeat::Heartbeat;
 use crate::metrics::board::{Board, Worker};
 use crate::metrics::{self, CacheEndpoint, CacheResult, CheckView, Metrics, RouteLabel, Scrape};
@@ -114,6 +115,29 @@ impl Default for CheckOptions {
     fn default() -> Self {
         Self {
             threshold: 0.0,
+            warn_threshold: None,
+            timeout_ms: None,
+            interval_ms: None,
+            failures_before_unready: 1,
+        }
+    }
+}
+
+/// A dependency check's options as a user gives them: those left unset take the kind's defaults (see
+/// `dependencies`), and the check always runs in the background.
+#[derive(Debug, Clone, Copy)]
+pub struct DependencyOptions {
+    pub threshold: Option<f64>,
+    pub warn_threshold: Option<f64>,
+    pub timeout_ms: Option<u64>,
+    pub interval_ms: Option<u64>,
+    pub failures_before_unready: u32,
+}
+
+impl Default for DependencyOptions {
+    fn default() -> Self {
+        Self {
+            threshold: None,
             warn_threshold: None,
             timeout_ms: None,
             interval_ms: None,
@@ -437,6 +461,32 @@ impl Service {
         let probe = FnProbe(|| futures::future::ready(Ok(1.0)));
         let policy = self.policy(&CheckOptions::default())?;
         self.add(Subsystem::new(name, "ping", policy, Box::new(probe)))
+    }
+
+    /// Adds a native check of a dependency (`kind` is one of `dependencies::KINDS`) with the kind's
+    /// `settings`; every error is one line naming the key, without a credential.
+    pub fn add_dependency(
+        &self,
+        name: String,
+        kind: &str,
+        settings: serde_json::Value,
+        options: &DependencyOptions,
+    ) -> Result<(), String> {
+        let dependency = Dependency::parse(kind, settings)?;
+        let defaults = dependency.defaults();
+        let threshold = options.threshold.unwrap_or(defaults.threshold);
+        // The kind's warning level only where it still means something above the threshold given.
+        let warn_threshold =
+            options.warn_threshold.or(defaults.warn_threshold.filter(|warn| *warn > threshold));
+        let interval_ms = options.interval_ms.or(Some(dependencies::DEFAULT_INTERVAL.as_millis() as u64));
+        let policy = self.policy(&CheckOptions {
+            threshold,
+            warn_threshold,
+            timeout_ms: options.timeout_ms,
+            interval_ms,
+            failures_before_unready: options.failures_before_unready,
+        })?;
+        self.add(dependency.subsystem(name, policy))
     }
 
     /// Adds the Phoenix kernel's native subsystems over `data_dir`. Nothing touches the disk until
@@ -1295,6 +1345,47 @@ mod tests {
         ] {
             assert!(policy(bad).unwrap_err().contains(why), "{why}");
         }
+    }
+
+    #[tokio::test]
+    async fn dependency_checks_take_their_kinds_defaults_and_run_in_the_background() {
+        let service = service(Details::Always);
+        let policy = |name: &str| {
+            let subsystems = service.subsystems.load();
+            subsystems.iter().find(|s| s.name == name).unwrap().policy.clone()
+        };
+        let memory =
+            |threshold, warn_threshold| DependencyOptions { threshold, warn_threshold, ..Default::default() };
+        service.add_dependency("mem".into(), "memory", serde_json::Value::Null, &memory(None, None)).unwrap();
+        let mem = policy("mem");
+        assert_eq!((mem.threshold, mem.warn_threshold), (0.05, Some(0.10)));
+        assert_eq!((mem.interval, mem.timeout), (Some(Duration::from_secs(1)), Duration::from_millis(500)));
+        service
+            .add_dependency("high".into(), "memory", serde_json::Value::Null, &memory(Some(0.2), None))
+            .unwrap();
+        assert_eq!(policy("high").warn_threshold, None, "the default warning is below the threshold given");
+        service
+            .add_dependency("low".into(), "memory", serde_json::Value::Null, &memory(Some(0.01), None))
+            .unwrap();
+        assert_eq!(policy("low").warn_threshold, Some(0.10));
+        let tcp = serde_json::json!({"host": "127.0.0.1", "port": 5432});
+        let options =
+            DependencyOptions { timeout_ms: Some(2_000), interval_ms: Some(250), ..Default::default() };
+        service.add_dependency("db".into(), "tcp", tcp.clone(), &options).unwrap();
+        let db = policy("db");
+        assert_eq!((db.threshold, db.warn_threshold), (0.0, None));
+        assert_eq!((db.interval, db.timeout), (Some(Duration::from_millis(250)), Duration::from_secs(2)));
+        let refused = |name: &str, kind, settings, options| {
+            service.add_dependency(name.into(), kind, settings, &options).unwrap_err()
+        };
+        assert!(
+            refused("db", "tcp", tcp.clone(), DependencyOptions::default()).contains("already registered")
+        );
+        assert!(refused("x", "mysql", tcp.clone(), DependencyOptions::default())
+            .starts_with("unknown kind 'mysql'"));
+        let zero = DependencyOptions { timeout_ms: Some(0), ..Default::default() };
+        assert_eq!(refused("x", "tcp", tcp, zero), "timeout_ms must be positive");
+        assert_eq!(service.subsystem_names(), ["mem", "high", "low", "db"]);
     }
 
     #[test]

@@ -147,7 +147,7 @@ class Kernel:
           check is abandoned (reported as timed out) after ``timeout_ms``, default the kernel's
           ``check_timeout_ms``, and a run that is still pending is never started again.
         - With ``interval_ms`` the check runs in the background on that period and ``/ready``
-          serves its latest result (``pending`` until the first); otherwise it runs per round.
+          serves its latest result (a round measures it until it has one); otherwise it runs per round.
         - Readiness flips to not-ready after ``failures_before_unready`` failures in a row (earlier
           ones are reported as warn), and back on the first success.
         """
