@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Server, free_port, phoenix_env, wait_until_serving
+from .conftest import Server, free_port, phoenix_env, wait_until, wait_until_serving
 from .test_wheel import cargo_version
 
 
@@ -387,6 +388,156 @@ def test_check_with_a_bad_url_exits_2_with_one_line(tmp_path: Path, url: str) ->
     assert result.returncode == 2, result
     (line,) = result.stderr.strip().splitlines()
     assert "--url" in line
+
+
+# --- [[check]] tables: the dependency checks of the config file ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "env", "line"),
+    [
+        (
+            '[[check]]\nkind = "memory"\n',
+            [],
+            {},
+            "invalid [[check]] #1 in config file 'phoenix.toml': missing key 'name'",
+        ),
+        (
+            '[[check]]\nname = "m"\nkind = "memory"\n[[check]]\nname = "m"\nkind = "memory"\n',
+            [],
+            {},
+            "invalid [[check]] 'm' in config file 'phoenix.toml': duplicate name (also [[check]] #1)",
+        ),
+        (
+            'check = ["redis://:pw-0d1f@cache"]\n',
+            [],
+            {},
+            "invalid [[check]] #1 in config file 'phoenix.toml': expected a table, got a string",
+        ),
+        (
+            '[[check]]\nname = "m"\nkind = "memory"\ntimeout_ms = 0\n',
+            [],
+            {},
+            "invalid value for timeout_ms of [[check]] 'm' (from config file 'phoenix.toml'): "
+            "expected an integer > 0, got 0",
+        ),
+        (
+            '[[check]]\nname = "db"\nkind = "postgres"\ndsn = "postgresql://app:${DB_PASSWORD}@127.0.0.1/app"\n',
+            [],
+            {},
+            "invalid [[check]] 'db' in config file 'phoenix.toml': "
+            "dsn: ${DB_PASSWORD} is not set in the environment",
+        ),
+        (
+            '[[check]]\nname = "db"\nkind = "mysql"\n',
+            [],
+            {},
+            "invalid [[check]] 'db' in config file 'phoenix.toml': unknown kind 'mysql' "
+            "(expected one of postgres, redis, http, tcp, disk, memory)",
+        ),
+        (
+            '[[check]]\nname = "db"\nkind = "postgres"\ndns = "host=127.0.0.1"\n',
+            ["--app", "tests.apps:empty"],
+            {},
+            "invalid [[check]] 'db' in config file 'phoenix.toml': "
+            "unknown key 'dns' (expected one of dsn, query)",
+        ),
+        (
+            '[[check]]\nname = "db"\nkind = "postgres"\ndsn = "postgresql://app:${DB_PASSWORD}@127.0.0.1:99999/app"\n',
+            [],
+            {"DB_PASSWORD": "pw-0d1f"},
+            "invalid [[check]] 'db' in config file 'phoenix.toml': dsn: ",
+        ),
+        (
+            '[[check]]\nname = "plastic_ltm"\nkind = "memory"\n',
+            [],
+            {},
+            "invalid [[check]] 'plastic_ltm' in config file 'phoenix.toml': ",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_a_bad_check_is_one_line_and_exit_2_before_anything_starts(
+    tmp_path: Path, command: str, toml: str, args: list[str], env: dict[str, str], line: str
+) -> None:
+    (tmp_path / "phoenix.toml").write_text(toml)
+
+    result = phoenix(command, *args, cwd=tmp_path, env=env)
+
+    assert_config_error(result, line)
+    assert result.stderr.startswith(f"phoenix: {line}")
+    assert "pw-0d1f" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_checks_join_an_apps_kernel_and_the_default_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phoenix.cli import served_kernel
+    from phoenix.config import load_settings
+
+    (tmp_path / "phoenix.toml").write_text(
+        f'[[check]]\nname = "data"\nkind = "disk"\npath = "{tmp_path}"\n'
+        '[[check]]\nname = "memory"\nkind = "memory"\nthreshold = 0.01\n'
+    )
+    monkeypatch.chdir(tmp_path)
+
+    app = served_kernel(load_settings(cli={"app": "tests.apps:failing"}, env={}))
+    default = served_kernel(load_settings(cli={"data_dir": tmp_path / "data"}, env={}))
+
+    assert app.subsystems[-2:] == default.subsystems[-2:] == ["data", "memory"]
+    assert "raises" in app.subsystems
+    assert "plastic_ltm" in default.subsystems
+
+
+def test_check_reports_the_checks_first_results(tmp_path: Path) -> None:
+    """Dependency checks run in the background; a one-off check is judged at once (the empty kernel has
+    nothing to initialise), and must report their first results rather than `pending`."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        (tmp_path / "phoenix.toml").write_text(
+            f'[[check]]\nname = "data"\nkind = "disk"\npath = "{tmp_path}"\nthreshold = 0.0\n'
+            f'[[check]]\nname = "upstream"\nkind = "tcp"\nhost = "127.0.0.1"\n'
+            f"port = {listening.getsockname()[1]}\n"
+        )
+
+        result = phoenix("check", "--app", "tests.apps:empty", cwd=tmp_path)
+
+    assert result.returncode == 0, result
+    subsystems = json.loads(result.stdout)["subsystems"]
+    assert set(subsystems) == {"data", "upstream"}
+    assert {name: sub["status"] for name, sub in subsystems.items()} == {"data": "pass", "upstream": "pass"}
+    assert subsystems["upstream"]["metric"] == 1.0
+    assert 0.0 < subsystems["data"]["metric"] <= 1.0
+
+
+def test_check_reports_a_failing_dependency_and_exits_1(tmp_path: Path) -> None:
+    closed = free_port()  # nothing listens there
+    (tmp_path / "phoenix.toml").write_text(
+        f'[[check]]\nname = "upstream"\nkind = "tcp"\nhost = "127.0.0.1"\nport = {closed}\n'
+    )
+
+    result = phoenix("check", "--app", "tests.apps:empty", cwd=tmp_path)
+
+    assert result.returncode == 1, result
+    report = json.loads(result.stdout)
+    assert report["missing"] == ["upstream"]
+    assert report["subsystems"]["upstream"]["error"] == f"connection refused (127.0.0.1:{closed})"
+
+
+def test_serve_watches_the_config_files_checks(serve: Any, tmp_path: Path) -> None:
+    (tmp_path / "phoenix.toml").write_text(
+        "[phoenix]\nrequest_log = false\n\n"
+        f'[[phoenix.check]]\nname = "data"\nkind = "disk"\npath = "{tmp_path}"\n'
+        "threshold = 0.0\ninterval_ms = 50\n"
+    )
+    server = serve()
+
+    def data() -> Any:
+        response = server.request("/ready/data")
+        return response.status == 200 and response.json()
+
+    detail = wait_until(data, what="the disk check's first result", server=server)
+    assert 0.0 < detail["metric"] <= 1.0
 
 
 def test_version_prints_cargo_tomls_version(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_has_one_field_per_key_and_defaults_come_from_the_table() -> None:
     names = [key.name for key in config.KEYS]
 
-    assert [f.name for f in dataclasses.fields(config.Settings)] == [*names, "explicit"]
+    assert [f.name for f in dataclasses.fields(config.Settings)] == [*names, "explicit", "checks"]
     assert {name: getattr(DEFAULTS, name) for name in names} == {key.name: key.default for key in config.KEYS}
     assert {key.name: key.env_var for key in config.KEYS}["data_dir"] == "PHOENIX_DATA_DIR"
     assert all(key.help for key in config.KEYS)
@@ -633,3 +633,312 @@ def test_details_token_needs_a_token() -> None:
     assert "PHOENIX_TOKEN" in message
     assert load_settings(env={"PHOENIX_DETAILS": "token", "PHOENIX_TOKEN": "t"}).token == "t"
     assert "details" in _error(lambda: load_settings(env={"PHOENIX_DETAILS": "sometimes"}))
+
+
+# --- [[check]] tables ------------------------------------------------------------------------------------
+
+CHECKS = """
+[[check]]
+name = "db"
+kind = "postgres"
+dsn = "postgresql://app:${DB_PASSWORD}@${DB_HOST}:5432/app"
+query = "SELECT $$dollar-quoted$$"
+timeout_ms = 200
+interval_ms = 2000
+
+[[check]]
+name = "upstream"
+kind = "http"
+url = "http://api.internal/health"
+expect_status = ["2xx", 301, "${ALSO}"]
+threshold = 0
+warn_threshold = 0.5
+failures_before_unready = 3
+"""
+CHECKS_ENV = {"DB_PASSWORD": "pw-7c1e", "DB_HOST": "db.internal", "ALSO": "3xx"}
+
+
+def _checks_file(tmp_path: Path, *entries: str, nested: bool = False) -> Path:
+    array = "[[phoenix.check]]" if nested else "[[check]]"
+    text = "".join(f"\n{array}\n{entry}\n" for entry in entries)
+    return _write(tmp_path / "conf.toml", ("[phoenix]\nport = 7010\n" if nested else "") + text)
+
+
+def test_check_tables_are_read_in_order_with_their_keys_and_strings_expanded(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", "port = 7010\n" + CHECKS)
+
+    settings = load_settings(env=CHECKS_ENV, config_file=toml)
+
+    db, upstream = settings.checks
+    assert (db.name, db.kind, db.source) == ("db", "postgres", f"config file '{toml}'")
+    assert db.settings == {
+        "dsn": "postgresql://app:pw-7c1e@db.internal:5432/app",
+        "query": "SELECT $$dollar-quoted$$",  # a lone `$` is not a reference
+        "timeout_ms": 200,
+        "interval_ms": 2000,
+    }
+    assert (upstream.name, upstream.kind) == ("upstream", "http")
+    assert upstream.settings == {
+        "url": "http://api.internal/health",
+        "expect_status": ["2xx", 301, "3xx"],
+        "threshold": 0,
+        "warn_threshold": 0.5,
+        "failures_before_unready": 3,
+    }
+    assert settings.port == 7010
+    assert "checks" not in settings.explicit
+
+
+def test_check_tables_under_the_phoenix_table(tmp_path: Path) -> None:
+    toml = _checks_file(tmp_path, 'name = "data"\nkind = "disk"\npath = "/srv"', nested=True)
+
+    settings = load_settings(env={}, config_file=toml)
+
+    assert [(c.name, c.kind, c.settings) for c in settings.checks] == [("data", "disk", {"path": "/srv"})]
+    assert settings.port == 7010
+
+
+def test_no_check_tables_means_no_checks(tmp_path: Path) -> None:
+    assert load_settings(env={}).checks == ()
+    assert load_settings(env={}, config_file=_write(tmp_path / "conf.toml", "port = 1\n")).checks == ()
+
+
+def test_checks_are_not_a_scalar_key() -> None:
+    assert "check" not in {key.name for key in config.KEYS}
+    assert "checks" not in {key.name for key in config.KEYS}
+    assert load_settings(env={"PHOENIX_CHECK": "x", "PHOENIX_CHECKS": "x"}).checks == ()
+    assert "'checks'" in _error(lambda: load_settings(cli={"checks": "x"}, env={}))
+
+
+def test_check_beside_a_phoenix_table_must_move_into_it(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", '[phoenix]\nport = 1\n\n[[check]]\nname = "m"\nkind = "memory"\n')
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert message == (
+        f"[[check]] in config file '{toml}' is outside the [phoenix] table; make it [[phoenix.check]]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "ending"),
+    [
+        ('[check]\nname = "m"\n', "'check' must be [[check]] tables, got a table"),
+        ('check = "postgresql://app:pw@db"\n', "'check' must be [[check]] tables, got a string"),
+        ("[phoenix]\ncheck = 5\n", "'check' must be [[phoenix.check]] tables, got 5"),
+    ],
+)
+def test_check_must_be_an_array_of_tables(tmp_path: Path, text: str, ending: str) -> None:
+    toml = _write(tmp_path / "conf.toml", text)
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert message.startswith("invalid ")
+    assert str(toml) in message
+    assert message.endswith(ending)
+
+
+def test_a_check_entry_that_is_not_a_table_is_named_by_position(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", 'check = [{name = "m", kind = "memory"}, "redis://:pw@cache"]\n')
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert message == f"invalid [[check]] #2 in config file '{toml}': expected a table, got a string"
+
+
+def test_a_misspelt_check_is_suggested(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", '[[chek]]\nname = "m"\n')
+
+    assert "unknown key 'chek'" in (message := _error(lambda: load_settings(env={}, config_file=toml)))
+    assert "(did you mean 'check'?)" in message
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        (['kind = "memory"'], "invalid [[check]] #1 in {file}: missing key 'name'"),
+        (
+            ['name = "m"\nkind = "memory"', 'name = ""\nkind = "memory"'],
+            "invalid value for name of [[check]] #2 (from {file}): expected a non-empty string, got ''",
+        ),
+        (
+            ['name = 3\nkind = "memory"'],
+            "invalid value for name of [[check]] #1 (from {file}): expected a non-empty string, got 3",
+        ),
+        (
+            ['name = "m"\nkind = "memory"', 'name = "d"\nkind = "disk"', 'name = "m"\nkind = "tcp"'],
+            "invalid [[check]] 'm' in {file}: duplicate name (also [[check]] #1)",
+        ),
+        (['name = "m"'], "invalid [[check]] 'm' in {file}: missing key 'kind'"),
+        (
+            ['name = "m"\nkind = ["memory"]'],
+            "invalid value for kind of [[check]] 'm' (from {file}): expected a string, got an array",
+        ),
+    ],
+)
+def test_check_name_and_kind_are_validated(tmp_path: Path, entries: list[str], expected: str) -> None:
+    toml = _checks_file(tmp_path, *entries)
+
+    assert _error(lambda: load_settings(env={}, config_file=toml)) == expected.format(
+        file=f"config file '{toml}'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "expect", "shown"),
+    [
+        ('threshold = "0.5"', "a finite number", "a string"),
+        ("threshold = true", "a finite number", "True"),
+        ("threshold = nan", "a finite number", "nan"),
+        ("warn_threshold = inf", "a finite number", "inf"),
+        ("warn_threshold = [0.5]", "a finite number", "an array"),
+        ("timeout_ms = 0", "an integer > 0", "0"),
+        ("timeout_ms = 1.5", "an integer > 0", "1.5"),
+        ("interval_ms = -1000", "an integer > 0", "-1000"),
+        ('interval_ms = "1000"', "an integer > 0", "a string"),
+        ("failures_before_unready = 0", "an integer >= 1", "0"),
+        ("failures_before_unready = true", "an integer >= 1", "True"),
+        ("failures_before_unready = 1979-05-27", "an integer >= 1", "a date or time"),
+    ],
+)
+def test_bad_common_check_key_names_key_check_and_file(
+    tmp_path: Path, line: str, expect: str, shown: str
+) -> None:
+    toml = _checks_file(tmp_path, f'name = "db"\nkind = "postgres"\ndsn = "host=db"\n{line}')
+    key = line.split(" ")[0]
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert message == (
+        f"invalid value for {key} of [[check]] 'db' (from config file '{toml}'): "
+        f"expected {expect}, got {shown}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ("threshold = 0", 0),
+        ("threshold = -0.5", -0.5),
+        ("warn_threshold = 1", 1),
+        ("timeout_ms = 1", 1),
+        ("interval_ms = 1", 1),
+        ("failures_before_unready = 1", 1),
+    ],
+)
+def test_common_check_key_bounds_are_accepted(tmp_path: Path, line: str, value: object) -> None:
+    toml = _checks_file(tmp_path, f'name = "m"\nkind = "memory"\n{line}')
+
+    (check,) = load_settings(env={}, config_file=toml).checks
+
+    assert check.settings == {line.split(" ")[0]: value}
+
+
+def test_kind_keys_are_left_to_the_core(tmp_path: Path) -> None:
+    """Kind-specific keys have one home, the Rust core; the config passes them on as written."""
+    toml = _checks_file(tmp_path, 'name = "m"\nkind = "mysql"\ndns = 1\nport = "x"\nfollow = {a = 1}')
+
+    (check,) = load_settings(env={}, config_file=toml).checks
+
+    assert (check.kind, check.settings) == ("mysql", {"dns": 1, "port": "x", "follow": {"a": 1}})
+
+
+def test_expansion_takes_variables_from_the_given_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PX_HOST", "from-os")
+    toml = _checks_file(tmp_path, 'name = "t"\nkind = "tcp"\nhost = "${PX_HOST}"\nport = 1')
+
+    assert load_settings(env={"PX_HOST": "given"}, config_file=toml).checks[0].settings["host"] == "given"
+    assert load_settings(config_file=toml).checks[0].settings["host"] == "from-os"
+
+
+@pytest.mark.parametrize(
+    ("written", "expanded"),
+    [
+        ("${A}${B}", "ab"),
+        ("x-${A}-y", "x-a-y"),
+        ("${EMPTY}", ""),
+        ("$${A}", "${A}"),
+        ("$A {A} $", "$A {A} $"),
+        ("${A}", "a"),
+    ],
+)
+def test_expansion_forms(tmp_path: Path, written: str, expanded: str) -> None:
+    toml = _checks_file(tmp_path, f"name = 'h'\nkind = 'http'\nbody_contains = '{written}'")
+
+    (check,) = load_settings(env={"A": "a", "B": "b", "EMPTY": ""}, config_file=toml).checks
+
+    assert check.settings["body_contains"] == expanded
+
+
+def test_an_expanded_value_is_not_expanded_again(tmp_path: Path) -> None:
+    toml = _checks_file(tmp_path, "name = 'h'\nkind = 'http'\nbody_contains = '${A}'")
+
+    (check,) = load_settings(env={"A": "${B}", "B": "b"}, config_file=toml).checks
+
+    assert check.settings["body_contains"] == "${B}"
+
+
+def test_a_missing_variable_names_check_key_and_variable_and_no_value(tmp_path: Path) -> None:
+    toml = _checks_file(
+        tmp_path,
+        'name = "db"\nkind = "postgres"\ndsn = "postgresql://app:hunter2@${DB_HOST}/app?password=${PW}"',
+    )
+
+    message = _error(lambda: load_settings(env={"PW": "s3cr3t-pw"}, config_file=toml))
+
+    assert message == (
+        f"invalid [[check]] 'db' in config file '{toml}': dsn: ${{DB_HOST}} is not set in the environment"
+    )
+
+
+def test_a_missing_variable_in_a_list_names_the_key(tmp_path: Path) -> None:
+    toml = _checks_file(tmp_path, 'name = "h"\nkind = "http"\nexpect_status = [200, "${CLASS}"]')
+
+    message = _error(lambda: load_settings(env={}, config_file=toml))
+
+    assert message.endswith(
+        "'h' in config file '" + str(toml) + "': expect_status: ${CLASS} is not set in the environment"
+    )
+
+
+@pytest.mark.parametrize("written", ["${DB_PASSWORD", "${1X}", "${}", "pre-${ A }"])
+def test_a_malformed_reference_is_an_error(tmp_path: Path, written: str) -> None:
+    toml = _checks_file(tmp_path, f"name = 'db'\nkind = 'postgres'\ndsn = '{written}'")
+
+    message = _error(lambda: load_settings(env={"DB_PASSWORD": "x", "1X": "x"}, config_file=toml))
+
+    assert message == (
+        f"invalid [[check]] 'db' in config file '{toml}': dsn: '${{' starts no ${{VAR}} reference "
+        "(write $${ for a literal '${')"
+    )
+
+
+def test_name_and_kind_are_not_expanded(tmp_path: Path) -> None:
+    toml = _checks_file(tmp_path, "name = '${A}'\nkind = '${A}'")
+
+    (check,) = load_settings(env={"A": "a"}, config_file=toml).checks
+
+    assert (check.name, check.kind) == ("${A}", "${A}")
+
+
+def test_check_settings_stay_out_of_reprs(tmp_path: Path) -> None:
+    """A DSN holds a password: printing the settings (a log line, a failed assertion) must not show it."""
+    toml = _write(tmp_path / "conf.toml", CHECKS)
+
+    settings = load_settings(env=CHECKS_ENV, config_file=toml)
+
+    assert "pw-7c1e" in settings.checks[0].settings["dsn"]
+    assert "pw-7c1e" not in repr(settings)
+    assert "CheckSpec(name='db', kind='postgres'" in repr(settings)
+
+
+def test_settings_with_checks_survive_pickling_for_spawned_workers(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "conf.toml", CHECKS)
+    settings = load_settings(env=CHECKS_ENV, config_file=toml)
+
+    restored = pickle.loads(pickle.dumps(settings))
+
+    assert restored == settings
+    assert [c.settings for c in restored.checks] == [c.settings for c in settings.checks]

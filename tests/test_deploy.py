@@ -1,16 +1,21 @@
-"""The Kubernetes manifest stays in step with the endpoints and defaults it relies on."""
+"""The deploy examples stay in step with the endpoints, defaults and settings they rely on."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from phoenix.config import DEFAULTS, KEYS
+from phoenix.cli import load_kernel
+from phoenix.config import DEFAULTS, KEYS, load_settings
 
 from .conftest import ROOT
 
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
+CHECKS_EXAMPLE = ROOT / "deploy" / "phoenix.toml"
+EXAMPLE_SECRETS = {"DB_PASSWORD": "db-pw-5e2a", "REDIS_PASSWORD": "redis-pw-91c0"}
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 
 
@@ -122,3 +127,43 @@ def test_the_pod_asks_to_be_scraped_on_the_probe_port() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == container_port("probes")
     assert annotations["prometheus.io/path"] == "/metrics"
+
+
+# --- deploy/phoenix.toml: a web service's dependency checks ----------------------------------------------
+
+
+def test_the_checks_example_covers_a_typical_web_service() -> None:
+    settings = load_settings(env=EXAMPLE_SECRETS, config_file=CHECKS_EXAMPLE)
+
+    kinds = {check.name: check.kind for check in settings.checks}
+    assert sorted(kinds.values()) == ["disk", "http", "memory", "postgres", "redis"]
+    settings_of = {check.kind: check.settings for check in settings.checks}
+    # The secrets come from the environment, not the file.
+    assert "${DB_PASSWORD}" in CHECKS_EXAMPLE.read_text()
+    assert ":db-pw-5e2a@" in settings_of["postgres"]["dsn"]
+    assert ":redis-pw-91c0@" in settings_of["redis"]["url"]
+    assert settings.explicit == frozenset(), "the server's settings come from the manifest"
+
+
+def test_the_disk_check_watches_the_manifests_data_volume() -> None:
+    settings = load_settings(env=EXAMPLE_SECRETS, config_file=CHECKS_EXAMPLE)
+
+    (disk,) = [check for check in settings.checks if check.kind == "disk"]
+    (mount,) = container()["volumeMounts"]
+    assert disk.settings["path"] == mount["mountPath"]
+
+
+def test_the_checks_example_builds_a_kernel(tmp_path: Path) -> None:
+    """Every key of the example passes the core's validation, through the path `phoenix serve` takes."""
+    settings = load_settings(cli={"app": "tests.apps:empty"}, env=EXAMPLE_SECRETS, config_file=CHECKS_EXAMPLE)
+    # The data volume exists in the pod only (a disk check's path must exist): a directory stands in.
+    checks = tuple(
+        dataclasses.replace(check, settings={**check.settings, "path": str(tmp_path)})
+        if check.kind == "disk"
+        else check
+        for check in settings.checks
+    )
+
+    kernel = load_kernel(dataclasses.replace(settings, checks=checks))
+
+    assert kernel.subsystems == [check.name for check in settings.checks]

@@ -47,7 +47,20 @@ KERNEL_OPTIONS: Final = tuple(p for p in inspect.signature(Kernel.__init__).para
 
 
 def load_kernel(settings: Settings) -> Kernel:
-    """The kernel named by ``settings.app`` (a Kernel, or a function returning one), else the default."""
+    """The kernel named by ``settings.app`` (a Kernel, or a function returning one), else the default,
+    with the config file's dependency checks added (what ``phoenix serve`` serves, ``phoenix check``
+    evaluates)."""
+    kernel = _named_kernel(settings)
+    for check in settings.checks:
+        try:
+            kernel.add_dependency(check.name, check.kind, **check.settings)
+        except ValueError as exc:
+            # The core's one-line reason, which names the key and never a credential.
+            raise ConfigError(f"invalid [[check]] {check.name!r} in {check.source}: {exc}") from None
+    return kernel
+
+
+def _named_kernel(settings: Settings) -> Kernel:
     if settings.app is None:
         options = {name: getattr(settings, name) for name in KERNEL_OPTIONS}
         return default_kernel(settings.data_dir, **options)

@@ -7,6 +7,13 @@ Sources, highest precedence first::
 The config file is the one named by ``--config``, else by ``PHOENIX_CONFIG``, else ``./phoenix.toml`` if
 that exists. Its keys sit at the top level or under a ``[phoenix]`` table.
 
+The file may also declare dependency checks, as ``[[check]]`` tables (``[[phoenix.check]]`` in a file
+with a ``[phoenix]`` table), resolved into :attr:`Settings.checks`. They are not scalar keys: not in
+:data:`KEYS`, with no environment variable and no command-line flag. ``${VAR}`` in their string values is
+replaced by the environment variable ``VAR`` (``$${`` is a literal ``${``). Only what is the config's
+business is checked here (the shape of each table, its name and kind, the types of the common keys); the
+kind's own keys are validated by the Rust core, their one home, when ``phoenix serve`` adds the check.
+
 This module imports nothing from the rest of the ``phoenix`` package, so it loads on its own (for example
 before the Rust extension is built).
 """
@@ -16,11 +23,12 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import keyword
+import math
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -173,6 +181,37 @@ KEYS: Final = (
 _KEYS_BY_NAME: Final = {key.name: key for key in KEYS}
 
 
+def _is_number(raw: object) -> bool:
+    return isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw)
+
+
+def _is_positive_integer(raw: object) -> bool:
+    return isinstance(raw, int) and not isinstance(raw, bool) and raw > 0
+
+
+# The keys every check takes besides its kind's own (Kernel.subsystem's options): what each must be.
+CHECK_COMMON_KEYS: Final[dict[str, tuple[str, Callable[[object], bool]]]] = {
+    "threshold": ("a finite number", _is_number),
+    "warn_threshold": ("a finite number", _is_number),
+    "timeout_ms": ("an integer > 0", _is_positive_integer),
+    "interval_ms": ("an integer > 0", _is_positive_integer),
+    "failures_before_unready": ("an integer >= 1", _is_positive_integer),
+}
+# `${VAR}`, the escape `$${` (a literal `${`), or a `${` that starts neither.
+_REFERENCE: Final = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A ``[[check]]`` table: a dependency check for ``Kernel.add_dependency(name, kind, **settings)``."""
+
+    name: str
+    kind: str
+    # The kind's keys and the common keys, `${VAR}` expanded. Out of the repr: a DSN may hold a password.
+    settings: dict[str, Any] = field(repr=False, hash=False)
+    source: str  # where it was declared, for messages: "config file 'phoenix.toml'"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved configuration. Its fields are :data:`KEYS`, typed for the type checker."""
@@ -200,6 +239,8 @@ class Settings:
     # The keys some source set, rather than left to their defaults: a served kernel's own request log,
     # drain and probe listener hold unless one did.
     explicit: frozenset[str] = frozenset()
+    # The config file's dependency checks, in the order declared (not a key: see the module docstring).
+    checks: tuple[CheckSpec, ...] = ()
 
 
 def is_loopback(host: str) -> bool:
@@ -212,9 +253,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _settings(values: Mapping[str, object]) -> Settings:
+def _settings(values: Mapping[str, object], checks: tuple[CheckSpec, ...] = ()) -> Settings:
     resolved = {key.name: values.get(key.name, key.default) for key in KEYS}
-    return Settings(**resolved, explicit=frozenset(values))  # type: ignore[arg-type]
+    return Settings(**resolved, explicit=frozenset(values), checks=checks)  # type: ignore[arg-type]
 
 
 DEFAULTS: Final = _settings({})
@@ -222,6 +263,18 @@ DEFAULTS: Final = _settings({})
 
 def _quote(text: str) -> str:
     return f"'{text}'" if text.isprintable() and "'" not in text else repr(text)
+
+
+def _shown(raw: object) -> str:
+    """A check's value in a message: a number as given, anything else by its type (a string may hold a
+    password)."""
+    if isinstance(raw, (bool, int, float)) or raw == "":
+        return repr(raw)
+    if isinstance(raw, str):
+        return "a string"
+    if isinstance(raw, list):
+        return "an array"
+    return "a table" if isinstance(raw, dict) else "a date or time"
 
 
 def _convert(key: Key, raw: object, source: str, from_text: bool) -> object:
@@ -235,8 +288,8 @@ def _convert(key: Key, raw: object, source: str, from_text: bool) -> object:
     raise ConfigError(f"invalid value for {key.name} (from {source}): expected {expect}, got {raw!r}")
 
 
-def _read_file(path: str) -> dict[str, object]:
-    """The Phoenix table of the TOML file at ``path``, its keys checked."""
+def _read_file(path: str) -> tuple[dict[str, object], list[object]]:
+    """The Phoenix table of the TOML file at ``path``, its keys checked, and its ``[[check]]`` entries."""
     shown = _quote(path)
     try:
         with open(path, "rb") as fh:
@@ -257,12 +310,91 @@ def _read_file(path: str) -> dict[str, object]:
             raise ConfigError(
                 f"key {name} in config file {shown} is outside the [phoenix] table; move it there"
             )
+        if "check" in document:
+            raise ConfigError(
+                f"[[check]] in config file {shown} is outside the [phoenix] table; make it [[phoenix.check]]"
+            )
+    table = dict(table)
+    checks = table.pop("check", [])
+    if not isinstance(checks, list):
+        array = "[[phoenix.check]]" if "phoenix" in document else "[[check]]"
+        raise ConfigError(f"invalid {where}: 'check' must be {array} tables, got {_shown(checks)}")
     for name in table:
         if name not in _KEYS_BY_NAME:
-            close = difflib.get_close_matches(name, _KEYS_BY_NAME, n=1)
+            close = difflib.get_close_matches(name, [*_KEYS_BY_NAME, "check"], n=1)
             hint = f" (did you mean {_quote(close[0])}?)" if close else ""
             raise ConfigError(f"unknown key {_quote(name)} in {where}{hint}")
-    return dict(table)
+    return table, checks
+
+
+def _expanded(value: object, env: Mapping[str, str], where: str) -> object:
+    """``value`` with each ``${VAR}`` in its strings replaced by the environment variable; ``where``
+    begins the message of an error."""
+    if isinstance(value, list):
+        return [_expanded(item, env, where) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match[0] == "$${":
+            return "${"
+        variable = match[1]
+        if variable is None:
+            raise ConfigError(f"{where}: '${{' starts no ${{VAR}} reference (write $${{ for a literal '${{')")
+        if variable not in env:
+            # The variable's name only: never a value, which may be a password.
+            raise ConfigError(f"{where}: ${{{variable}}} is not set in the environment")
+        return env[variable]
+
+    return _REFERENCE.sub(replace, value)
+
+
+def _read_checks(entries: list[object], source: str, env: Mapping[str, str]) -> tuple[CheckSpec, ...]:
+    """The ``[[check]]`` entries of the config file named in ``source``: shapes, names, kinds and the
+    common keys checked, strings expanded. The kind's own keys are the core's to check."""
+    checks: list[CheckSpec] = []
+    declared: dict[str, int] = {}
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"invalid [[check]] #{number} in {source}: expected a table, got {_shown(entry)}"
+            )
+        if "name" not in entry:
+            raise ConfigError(f"invalid [[check]] #{number} in {source}: missing key 'name'")
+        name = entry["name"]
+        if not isinstance(name, str) or not name:
+            raise ConfigError(
+                f"invalid value for name of [[check]] #{number} (from {source}): "
+                f"expected a non-empty string, got {_shown(name)}"
+            )
+        shown = _quote(name)
+        if name in declared:
+            raise ConfigError(
+                f"invalid [[check]] {shown} in {source}: duplicate name (also [[check]] #{declared[name]})"
+            )
+        declared[name] = number
+        if "kind" not in entry:
+            raise ConfigError(f"invalid [[check]] {shown} in {source}: missing key 'kind'")
+        kind = entry["kind"]
+        if not isinstance(kind, str):
+            raise ConfigError(
+                f"invalid value for kind of [[check]] {shown} (from {source}): expected a string, "
+                f"got {_shown(kind)}"
+            )
+        settings: dict[str, Any] = {}
+        for key, raw in entry.items():
+            if key in ("name", "kind"):
+                continue
+            if key in CHECK_COMMON_KEYS:
+                expect, valid = CHECK_COMMON_KEYS[key]
+                if not valid(raw):
+                    raise ConfigError(
+                        f"invalid value for {key} of [[check]] {shown} (from {source}): "
+                        f"expected {expect}, got {_shown(raw)}"
+                    )
+            settings[key] = _expanded(raw, env, f"invalid [[check]] {shown} in {source}: {key}")
+        checks.append(CheckSpec(name, kind, settings, source))
+    return tuple(checks)
 
 
 def load_settings(
@@ -281,9 +413,13 @@ def load_settings(
     if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
         path = DEFAULT_CONFIG_FILE
     values: dict[str, object] = {}
+    checks: tuple[CheckSpec, ...] = ()
     if path is not None:
-        for name, raw in _read_file(path).items():
-            values[name] = _convert(_KEYS_BY_NAME[name], raw, f"config file {_quote(path)}", False)
+        source = f"config file {_quote(path)}"
+        table, entries = _read_file(path)
+        for name, raw in table.items():
+            values[name] = _convert(_KEYS_BY_NAME[name], raw, source, False)
+        checks = _read_checks(entries, source, env)
     for key in KEYS:
         if key.env_var in env:
             values[key.name] = _convert(key, env[key.env_var], key.env_var, True)
@@ -292,7 +428,7 @@ def load_settings(
             if name not in _KEYS_BY_NAME:
                 raise ConfigError(f"unknown setting {_quote(name)} (from command line)")
             values[name] = _convert(_KEYS_BY_NAME[name], raw, "command line", True)
-    settings = _settings(values)
+    settings = _settings(values, checks)
     if settings.details == "token" and settings.token is None:
         raise ConfigError("invalid value for details: 'token' needs token (PHOENIX_TOKEN) to be set")
     if settings.ready_stale_ms > settings.live_stale_ms:
