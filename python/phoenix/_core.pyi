@@ -84,6 +84,17 @@ class Core:
         interval_ms: int | None = None,
         failures_before_unready: int = 1,
     ) -> None: ...
+    def add_dependency(
+        self,
+        name: str,
+        kind: str,
+        settings_json: str,
+        threshold: float | None = None,
+        timeout_ms: int | None = None,
+        warn_threshold: float | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> None: ...
     def add_ping(self, name: str) -> None: ...
     def add_phoenix(self, data_dir: Path) -> tuple[PlasticLtm, TriuneConscience, WorldModel]: ...
     def start(self, event_loop: asyncio.AbstractEventLoop | None = None) -> None: ...

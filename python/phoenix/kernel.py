@@ -9,7 +9,7 @@ import inspect
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,46 @@ DRAIN_SIGNAL = signal.SIGUSR1
 Metric = float | bool
 CheckFunc = Callable[[], Metric | Awaitable[Metric]]
 F = TypeVar("F", bound=CheckFunc)
+
+
+#: The options every dependency check takes besides its kind's keys.
+DEPENDENCY_OPTIONS = ("threshold", "warn_threshold", "timeout_ms", "interval_ms", "failures_before_unready")
+
+
+def _number(options: dict[str, Any], key: str) -> float | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _whole(options: dict[str, Any], key: str) -> int | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    # Positive, and small enough for the core's integers: a bad value is named here, not overflowed there.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
+        raise ValueError(f"{key} must be a whole number from 1 to {2**32 - 1}")
+    return value
+
+
+def _settings_json(settings: dict[str, Any]) -> str:
+    """A kind's keys as the core takes them; None means unset, a path is its text."""
+    plain = {
+        key: os.fspath(value) if isinstance(value, os.PathLike) else value
+        for key, value in settings.items()
+        if value is not None
+    }
+    for key, value in plain.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{key}: {type(value).__name__} is not a setting (text, number, boolean or list)"
+            ) from None
+    return json.dumps(plain)
 
 
 def _wake_for_early_signals() -> None:
@@ -167,6 +207,181 @@ class Kernel:
             return func
 
         return register
+
+    def add_dependency(self, name: str, kind: str, **settings: Any) -> None:
+        """Adds a native check of a dependency, run in the core without the GIL: ``kind`` is
+        ``postgres``, ``redis``, ``http``, ``tcp``, ``disk`` or ``memory``, and ``settings`` are the
+        kind's keys (see the ``add_<kind>`` methods) and the options of :data:`DEPENDENCY_OPTIONS`.
+
+        It runs in the background, every ``interval_ms`` (default 1000), and gives up at ``timeout_ms``.
+        Unset thresholds take the kind's: connectivity kinds pass at 1.0 and fail with the reason;
+        ``disk`` and ``memory`` report the fraction free, failing at 0.05 and warning at 0.10. Raises
+        ValueError, naming the key, on a bad kind, key or value.
+        """
+        options = {key: settings.pop(key) for key in DEPENDENCY_OPTIONS if key in settings}
+        self._core.add_dependency(
+            name,
+            kind,
+            _settings_json(settings),
+            _number(options, "threshold"),
+            _whole(options, "timeout_ms"),
+            _number(options, "warn_threshold"),
+            _whole(options, "interval_ms"),
+            _whole(options, "failures_before_unready") or 1,
+        )
+
+    def add_postgres(
+        self,
+        name: str,
+        dsn: str,
+        *,
+        query: str = "SELECT 1",
+        threshold: float | None = None,
+        warn_threshold: float | None = None,
+        timeout_ms: int | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> None:
+        """PostgreSQL: runs ``query`` on a kept connection. ``dsn`` is a ``postgresql://`` URL or a
+        ``key=value`` string; TLS is not supported yet (``sslmode`` must be ``disable`` or ``prefer``)."""
+        self.add_dependency(
+            name,
+            "postgres",
+            dsn=dsn,
+            query=query,
+            threshold=threshold,
+            warn_threshold=warn_threshold,
+            timeout_ms=timeout_ms,
+            interval_ms=interval_ms,
+            failures_before_unready=failures_before_unready,
+        )
+
+    def add_redis(
+        self,
+        name: str,
+        url: str,
+        *,
+        threshold: float | None = None,
+        warn_threshold: float | None = None,
+        timeout_ms: int | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> None:
+        """Redis: ``PING`` answered by ``PONG`` on a kept connection to
+        ``redis://[user:password@]host[:port][/db]`` (no ``rediss://`` yet)."""
+        self.add_dependency(
+            name,
+            "redis",
+            url=url,
+            threshold=threshold,
+            warn_threshold=warn_threshold,
+            timeout_ms=timeout_ms,
+            interval_ms=interval_ms,
+            failures_before_unready=failures_before_unready,
+        )
+
+    def add_http(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = "GET",
+        expect_status: Sequence[int | str] = ("2xx",),
+        body_contains: str | None = None,
+        follow_redirects: bool = False,
+        threshold: float | None = None,
+        warn_threshold: float | None = None,
+        timeout_ms: int | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> None:
+        """HTTP: ``method`` (GET or HEAD) on an ``http://`` URL passes when the status is in
+        ``expect_status`` (codes and classes such as ``"2xx"``) and the body contains ``body_contains``,
+        if given. Redirects are followed (at most 5) only with ``follow_redirects``."""
+        self.add_dependency(
+            name,
+            "http",
+            url=url,
+            method=method,
+            expect_status=list(expect_status),
+            body_contains=body_contains,
+            follow_redirects=follow_redirects,
+            threshold=threshold,
+            warn_threshold=warn_threshold,
+            timeout_ms=timeout_ms,
+            interval_ms=interval_ms,
+            failures_before_unready=failures_before_unready,
+        )
+
+    def add_tcp(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        threshold: float | None = None,
+        warn_threshold: float | None = None,
+        timeout_ms: int | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> None:
+        """TCP: ``host:port`` accepts a connection within the timeout."""
+        self.add_dependency(
+            name,
+            "tcp",
+            host=host,
+            port=port,
+            threshold=threshold,
+            warn_threshold=warn_threshold,
+            timeout_ms=timeout_ms,
+            interval_ms=interval_ms,
+            failures_before_unready=failures_before_unready,
+        )
+
+    def add_disk(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        threshold: float | None = None,
+        warn_threshold: float | None = None,
+        timeout_ms: int | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> None:
+        """Disk: the fraction of ``path``'s file system free to unprivileged users (it must exist)."""
+        self.add_dependency(
+            name,
+            "disk",
+            path=path,
+            threshold=threshold,
+            warn_threshold=warn_threshold,
+            timeout_ms=timeout_ms,
+            interval_ms=interval_ms,
+            failures_before_unready=failures_before_unready,
+        )
+
+    def add_memory(
+        self,
+        name: str = "memory",
+        *,
+        threshold: float | None = None,
+        warn_threshold: float | None = None,
+        timeout_ms: int | None = None,
+        interval_ms: int | None = None,
+        failures_before_unready: int = 1,
+    ) -> None:
+        """Memory: the fraction of this process's cgroup v2 memory limit still free (its own or a parent's),
+        or of the host's memory when there is no limit."""
+        self.add_dependency(
+            name,
+            "memory",
+            threshold=threshold,
+            warn_threshold=warn_threshold,
+            timeout_ms=timeout_ms,
+            interval_ms=interval_ms,
+            failures_before_unready=failures_before_unready,
+        )
 
     def add_ping(self, name: str = "ping") -> None:
         """Adds a native check that always passes (Kubernetes' ``ping``): it proves the core answers."""

@@ -161,11 +161,18 @@ impl Postgres {
             return "connection closed by the server".to_owned();
         }
         let io = std::error::Error::source(err).and_then(|source| source.downcast_ref::<std::io::Error>());
-        match io {
-            Some(io) => format!("connection lost: {}", super::io_reason(io)),
+        let text = match io {
+            Some(io) => return format!("connection lost: {}", super::io_reason(io)),
             // tokio-postgres' own texts name the failure, never the configuration's values.
             None => with_cause(err),
+        };
+        if text.ends_with("password missing") {
+            return format!(
+                "authentication failed for user '{}': the server asks for a password, the DSN has none",
+                self.user
+            );
         }
+        text
     }
 }
 

@@ -21,7 +21,9 @@ use tokio::runtime::Runtime;
 
 use crate::checks::{Report, Subsystem};
 use crate::render::{self, Body, View};
-use crate::service::{Answer, CheckOptions, Details, Parts, Reply, RoundRun, Routed, Service, Settings};
+use crate::service::{
+    Answer, CheckOptions, DependencyOptions, Details, Parts, Reply, RoundRun, Routed, Service, Settings,
+};
 use phoenix::{PlasticLtm, TriuneConscience, WorldModel};
 use probes::PyProbe;
 
@@ -340,6 +342,31 @@ impl Core {
         let probe = PyProbe { func: Arc::new(func), is_async, event_loop: Arc::clone(&self.event_loop) };
         let subsystem = Subsystem::new(name, "metric", policy, Box::new(probe));
         self.service.add(subsystem).map_err(PyValueError::new_err)
+    }
+
+    /// A native dependency check of `kind` with its settings as a JSON object; unset options take the
+    /// kind's defaults. ValueError, one line naming the key, on bad input.
+    #[pyo3(signature = (name, kind, settings_json, threshold = None, timeout_ms = None, warn_threshold = None, interval_ms = None, failures_before_unready = 1))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_dependency(
+        &self,
+        py: Python<'_>,
+        name: String,
+        kind: &str,
+        settings_json: &str,
+        threshold: Option<f64>,
+        timeout_ms: Option<u64>,
+        warn_threshold: Option<f64>,
+        interval_ms: Option<u64>,
+        failures_before_unready: u32,
+    ) -> PyResult<()> {
+        let settings = serde_json::from_str(settings_json)
+            .map_err(|err| PyValueError::new_err(format!("settings are not valid JSON: {err}")))?;
+        let options =
+            DependencyOptions { threshold, warn_threshold, timeout_ms, interval_ms, failures_before_unready };
+        // Without the GIL: a disk check's path is looked up, which may touch a slow mount.
+        py.detach(|| self.service.add_dependency(name, kind, settings, &options))
+            .map_err(PyValueError::new_err)
     }
 
     fn add_ping(&self, name: String) -> PyResult<()> {
