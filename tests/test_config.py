@@ -173,6 +173,19 @@ def test_kernel_defaults_are_the_tables() -> None:
         assert inspect.signature(build).parameters["data_dir"].default == DEFAULTS.data_dir
 
 
+def test_a_checks_common_keys_are_the_kernels_check_options() -> None:
+    """A [[check]]'s common keys are validated here and passed on to the kernel by name."""
+    from phoenix.kernel import DEPENDENCY_OPTIONS, Kernel
+
+    subsystem = inspect.signature(Kernel.subsystem).parameters
+    options = [name for name, p in subsystem.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    assert list(config.CHECK_COMMON_KEYS) == list(DEPENDENCY_OPTIONS) == options
+    adders = (Kernel.add_postgres, Kernel.add_redis, Kernel.add_http, Kernel.add_tcp, Kernel.add_disk)
+    for add in (*adders, Kernel.add_memory):
+        assert list(inspect.signature(add).parameters)[-len(options) :] == options, add.__name__
+
+
 # --- precedence ---------------------------------------------------------------
 
 

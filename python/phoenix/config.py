@@ -9,10 +9,11 @@ that exists. Its keys sit at the top level or under a ``[phoenix]`` table.
 
 The file may also declare dependency checks, as ``[[check]]`` tables (``[[phoenix.check]]`` in a file
 with a ``[phoenix]`` table), resolved into :attr:`Settings.checks`. They are not scalar keys: not in
-:data:`KEYS`, with no environment variable and no command-line flag. ``${VAR}`` in their string values is
-replaced by the environment variable ``VAR`` (``$${`` is a literal ``${``). Only what is the config's
-business is checked here (the shape of each table, its name and kind, the types of the common keys); the
-kind's own keys are validated by the Rust core, their one home, when ``phoenix serve`` adds the check.
+:data:`KEYS`, with no environment variable and no command-line flag. ``${VAR}`` in their string values
+(all but ``name`` and ``kind``) is replaced by the environment variable ``VAR``; ``$${`` is a literal
+``${``. Only what is the config's business is checked here (the shape of each table, its name and kind,
+the types of the common keys); the kind's own keys are validated by the Rust core, their one home, when
+the check is added to a kernel.
 
 This module imports nothing from the rest of the ``phoenix`` package, so it loads on its own (for example
 before the Rust extension is built).
