@@ -10,7 +10,9 @@ Groups of rows (``--only``; all by default):
   on as shipped; and /health of each with metrics off), FastAPI + uvicorn.
 - ``probe``: Phoenix's probe listener (``phoenix serve --probe-port``, request log on) against nginx
   (Debian's ``nginx-light``, ``return 200`` with the same body, one worker, no access log; see
-  ``nginx_reference.conf``) and nginx's twin; and Phoenix's main port with the listener on.
+  ``nginx_reference.conf``) and nginx's twin; the bare hyper server the listener is built on
+  (``benches/bare_hyper.rs``, built by cargo with the release profile) against nginx; and Phoenix's main
+  port with the listener on.
 - ``h2``: HTTP/2 cleartext (prior knowledge) loaded by ``h2load``: Phoenix ``--http 2`` against the
   ceiling ``--http 2``, the probe port against nginx, and nginx's twin.
 
@@ -92,6 +94,10 @@ PHOENIX_H2 = "phoenix --http 2 (h2c)"
 NGINX_H2 = "nginx (h2c)"
 NGINX_H2_TWIN = "nginx, second instance (h2c)"
 PROBE_H2 = "phoenix probe port (h2c)"
+# The stack the probe listener is built on, alone: hyper 1 on a current-thread tokio runtime answering the
+# same body (benches/bare_hyper.rs). What the listener adds (routing, the cache, metrics, the request log)
+# is the listener's ratio to it; what hyper itself leaves against nginx is its own ratio to nginx.
+BARE_HYPER = "bare hyper (static body)"
 FASTAPI_PACKAGES = ["fastapi", "uvicorn", "httptools"]
 CHART_PACKAGES = ["matplotlib"]
 # Open files wanted for the harness and the servers and wrk it starts (they inherit the limit): at
@@ -107,6 +113,8 @@ TARGET_SOAK_GROWTH_MB = 2.0
 # Issue 9, section "Speed": the probe port's /health against nginx, its /ready against its /health.
 TARGET_NGINX_RATIO = 0.95
 TARGET_PROBE_READY_RATIO = 0.9
+# The same target against the bare hyper server: the share of the stack's speed the listener keeps.
+TARGET_BARE_HYPER_RATIO = 0.95
 # "Enabling the listener must not lower the main port's ratios": the main port's ratio to the ceiling
 # with the listener over the same without it. A ratio of two head-to-head ratios, each within about 1 %
 # of the truth (as the twins show), so "no lower" is judged to within 2 %.
@@ -782,7 +790,22 @@ def load_together(loads: list[tuple[Listener, str]], connections: int, seconds: 
 # --- servers ---------------------------------------------------------------------------------------
 
 
-def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
+def build_bare_hyper() -> Path:
+    """The bare hyper reference (``benches/bare_hyper.rs``), built with the release profile that the
+    shipped core is built with, in a target directory of its own so that the extension's build is left
+    alone. The first build takes minutes."""
+    target = BENCHES.parent / "target" / "bench-reference"
+    log("building the bare hyper reference (cargo build --release --example bare_hyper)")
+    subprocess.run(
+        ["cargo", "build", "-q", "--release", "--example", "bare_hyper", "--target-dir", str(target)],
+        cwd=BENCHES.parent,
+        check=True,
+        timeout=1800,
+    )
+    return target / "release" / "examples" / "bare_hyper"
+
+
+def server_specs(workdir: Path, with_fastapi: bool, bare_hyper: Path | None = None) -> list[ServerSpec]:
     """Every server process the harness knows; ``bench`` starts those the selected groups need."""
     from ceiling_app import BODY  # Phoenix's /health body, in shape and length: nginx answers it too
     from phoenix.config import DEFAULTS  # the log level Phoenix ships with, for the ceiling too
@@ -859,6 +882,9 @@ def server_specs(workdir: Path, with_fastapi: bool) -> list[ServerSpec]:
                 files={conf: template.replace("{dir}", str(own_dir))},
             )
         )
+    if bare_hyper is not None:
+        argv = [str(bare_hyper), "{port}", BODY.decode()]
+        specs.append(ServerSpec(BARE_HYPER, argv, ["/health"], group="probe"))
     specs.append(
         ServerSpec(CEILING_H2, [*ceiling, "--http", "2"], ["/health"], cwd=BENCHES, group="h2", http2=True)
     )
@@ -902,6 +928,7 @@ DUELS: dict[str, list[tuple[Pair, Pair]]] = {
         ((PROBE, "/health"), (NGINX, "/health")),
         ((PROBE, "/ready"), (NGINX, "/health")),
         ((PROBE_LOG_OFF, "/health"), (NGINX, "/health")),
+        ((BARE_HYPER, "/health"), (NGINX, "/health")),
         # The main port with the listener on against the same without it, each through the ceiling.
         ((PHOENIX_LISTENER, "/health"), (CEILING, "/health")),
         ((PHOENIX_ON, "/health"), (CEILING, "/health")),
@@ -1235,6 +1262,18 @@ def evaluate_targets(figures: Figures, args: argparse.Namespace) -> list[TargetC
             ((PROBE, "/health"), (NGINX, "/health")),
             None,
             with_p99=True,
+        )
+        add_throughput(
+            f"probe port /health ≥ {TARGET_BARE_HYPER_RATIO}x bare hyper (req/s)",
+            TARGET_BARE_HYPER_RATIO,
+            ((PROBE, "/health"), (BARE_HYPER, "/health")),
+            ((PROBE_LOG_OFF, "/health"), (BARE_HYPER, "/health")),
+        )
+        add_throughput(
+            f"bare hyper ≥ {TARGET_NGINX_RATIO}x nginx (req/s): the stack's own limit",
+            TARGET_NGINX_RATIO,
+            ((BARE_HYPER, "/health"), (NGINX, "/health")),
+            None,
         )
         add_throughput(
             f"probe port /ready ≥ {TARGET_PROBE_READY_RATIO}x its /health (req/s)",
@@ -1672,7 +1711,9 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now()
     env = run_env(started, nofile=nofile)
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-http-") as tmp:
-        results, duels, servers = bench(server_specs(Path(tmp), with_fastapi), Path(tmp), args)
+        bare_hyper = build_bare_hyper() if "probe" in args.only else None
+        specs = server_specs(Path(tmp), with_fastapi, bare_hyper)
+        results, duels, servers = bench(specs, Path(tmp), args)
     env["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"http-{started.strftime('%Y-%m-%d-%H%M%S')}"
