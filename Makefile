@@ -39,6 +39,8 @@ test-rules:
 	promtool check rules deploy/prometheus/phoenix-alerts.yml
 	promtool test rules deploy/prometheus/phoenix-alerts.test.yml
 
+# End-to-end tests install the Debian packages they run (curl, wrk, prometheus, chromium, postgresql,
+# redis-server...) with apt-get when missing, as root (CI); see tests/debian.py and tests/servers.py.
 test-python: develop
 	pytest -q
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import mmap
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 from phoenix import Kernel, default_kernel
 
@@ -475,5 +479,76 @@ def status_showcase() -> Kernel:
     @kernel.subsystem("job_queue", threshold=0.5, warn_threshold=0.8)
     def job_queue() -> float:
         return 0.72
+
+    return kernel
+
+
+# Apps for issue 11: native dependency checks, added through the typed Python API.
+
+
+def _add_dependencies(kernel: Kernel) -> None:
+    """Adds the checks the test declared in ``$PHOENIX_TEST_DEPENDENCIES`` (JSON: a list of
+    ``[kind, name, keyword arguments]``), each with ``kernel.add_<kind>``."""
+    adders: dict[str, Callable[..., None]] = {
+        "postgres": kernel.add_postgres,
+        "redis": kernel.add_redis,
+        "http": kernel.add_http,
+        "tcp": kernel.add_tcp,
+        "disk": kernel.add_disk,
+        "memory": kernel.add_memory,
+    }
+    for kind, name, arguments in json.loads(os.environ["PHOENIX_TEST_DEPENDENCIES"]):
+        adders[kind](name, **arguments)
+
+
+def dependencies() -> Kernel:
+    kernel = Kernel(ready_ttl_ms=0)
+    _add_dependencies(kernel)
+    return kernel
+
+
+_BLOCK_LIMIT_S = 120.0  # only so that a failed test cannot leave a worker spinning for ever
+
+
+def blocked_dependencies() -> Kernel:
+    """The declared checks, plus ``block``: an ``async def`` check that, in the one run that finds (and
+    removes) the file ``$PHOENIX_TEST_BLOCK_FLAG``, blocks the event loop until the test writes a
+    non-zero byte into the file ``$PHOENIX_TEST_BLOCK_GATE``, recording ``block:start`` and
+    ``block:end``. ``$PHOENIX_TEST_BLOCK`` says how: ``sleep`` (``time.sleep``, as a blocking call in a
+    route does: the loop is stuck but the GIL is free while it sleeps) or ``gil`` (a pure-Python spin with
+    the switch interval raised, so that no other thread of the worker gets the GIL meanwhile). The gate is
+    read through a memory map, which never releases the GIL. ``python``, a plain-function check in the
+    background, shows whether the GIL was free meanwhile. Heartbeat thresholds are small (as
+    :func:`stalling`), so the probe port soon says the loop is stalled."""
+    kernel = Kernel(ready_ttl_ms=0, live_stale_ms=1000, ready_stale_ms=500, request_log=False)
+    _add_dependencies(kernel)
+    # The contrast: a Python check, run on a thread of its own, needs the GIL.
+    kernel.subsystem("python", threshold=0.5, timeout_ms=300, interval_ms=100)(lambda: True)
+    flag = os.environ["PHOENIX_TEST_BLOCK_FLAG"]
+    how = os.environ["PHOENIX_TEST_BLOCK"]
+    with open(os.environ["PHOENIX_TEST_BLOCK_GATE"], "r+b") as file:
+        gate = mmap.mmap(file.fileno(), 1)
+
+    @kernel.subsystem("block", threshold=0.5, timeout_ms=500)
+    async def block() -> bool:
+        try:
+            os.remove(flag)
+        except FileNotFoundError:
+            return True
+        _record("block:start")
+        deadline = time.monotonic() + _BLOCK_LIMIT_S
+        if how == "gil":
+            switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(_BLOCK_LIMIT_S)
+            try:
+                while gate[0] == 0 and time.monotonic() < deadline:
+                    pass
+            finally:
+                sys.setswitchinterval(switch_interval)
+        else:
+            while gate[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # noqa: ASYNC251 (the point: a blocking call on the event loop)
+        _record("block:end")
+        return True
 
     return kernel

@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:  # servers.py imports this module's helpers
+    from .servers import Postgres, Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30.0
@@ -209,6 +212,46 @@ def prometheus_command() -> str:
     from .debian import ensure_command
 
     return ensure_command("prometheus", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One real PostgreSQL server for the session (see tests/servers.py), stopped and removed at its end."""
+    from .servers import Postgres
+
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres(postgres_server: Postgres) -> Postgres:
+    """The session's PostgreSQL server, running: started again if an outage test left it stopped."""
+    if not postgres_server.running:
+        postgres_server.start()
+    return postgres_server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    """One real Redis server for the session (see tests/servers.py), stopped and removed at its end."""
+    from .servers import Redis
+
+    server = Redis()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis(redis_server: Redis) -> Redis:
+    """The session's Redis server, running: started again if an outage test left it stopped."""
+    if not redis_server.running:
+        redis_server.start()
+    return redis_server
 
 
 def serve_with_probe_port(serve: Any, *args: str, **options: Any) -> tuple[Server, Server]:
