@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 if TYPE_CHECKING:  # servers.py imports this module's helpers
-    from .servers import Postgres, Redis
+    from .servers import Certificates, Postgres, Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30.0
@@ -252,6 +252,39 @@ def redis(redis_server: Redis) -> Redis:
     if not redis_server.running:
         redis_server.start()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A CA made for the session and a server certificate it signed, for ``localhost`` and ``127.0.0.1``."""
+    from .servers import make_certificates
+
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
+
+
+@pytest.fixture(scope="session")
+def postgres_tls(certificates: Certificates) -> Iterator[Postgres]:
+    """A second real PostgreSQL server for the session, with TLS on (see tests/servers.py). Its own, so
+    that the plain one's tests stay plain; never stopped by a test."""
+    from .servers import Postgres
+
+    server = Postgres(certificates)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(certificates: Certificates) -> Iterator[Redis]:
+    """A second real Redis server for the session, speaking TLS only; never stopped by a test."""
+    from .servers import Redis
+
+    server = Redis(certificates)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def serve_with_probe_port(serve: Any, *args: str, **options: Any) -> tuple[Server, Server]:

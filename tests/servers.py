@@ -9,7 +9,11 @@ Installed with apt-get (as root, once, only when missing; see tests/debian.py):
 - ``postgresql``: Debian's server, whose ``initdb``, ``pg_ctl``, ``pg_isready`` and ``createdb`` live in
   ``/usr/lib/postgresql/<major>/bin`` (the newest major is used). They refuse to run as root, so as root
   they run as the unprivileged ``postgres`` user that the package creates, on a directory it owns.
-- ``redis-server``: Debian's Redis.
+- ``redis-server``: Debian's Redis (built with TLS).
+- ``openssl``: the command that makes the TLS tests' CA and server certificate (:func:`make_certificates`).
+
+With ``certificates``, a server speaks TLS with that certificate: PostgreSQL with ``ssl = on`` (plain
+connections still accepted, as ``sslmode`` decides), Redis on a TLS port only.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .conftest import free_port, wait_until
@@ -34,6 +40,53 @@ COMMAND_TIMEOUT_S = 60.0
 USER = "phoenix_test"
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files: a CA made for the test session, and a server certificate and key it signed, for
+    ``localhost`` and ``127.0.0.1``."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's TLS context trusting the CA (and nothing else)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """A CA and a server certificate in ``directory``, made by the ``openssl`` command (P-256 keys, valid
+    for two days: long enough for any session, short enough to be worthless if left behind)."""
+    openssl = ensure_command("openssl", "openssl")
+
+    def run(*args: str | Path) -> None:
+        subprocess.run(
+            [openssl, *map(str, args)],
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=COMMAND_TIMEOUT_S,
+        )
+
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    days = ["-days", "2"]
+    ca_key, ca_file = directory / "ca.key", directory / "ca.pem"
+    # `req -x509` marks the certificate as a CA (basicConstraints CA:TRUE).
+    run("req", "-x509", *new_key, *days, "-keyout", ca_key, "-out", ca_file, "-subj", "/CN=Phoenix test CA")
+    key_file, cert_file = directory / "server.key", directory / "server.pem"
+    request = directory / "server.csr"
+    run("req", "-new", *new_key, "-keyout", key_file, "-out", request, "-subj", "/CN=localhost")
+    extensions = directory / "server.ext"
+    # A server's certificate, as a verifier wants it: not a CA, for TLS servers, naming its hosts.
+    extensions.write_text(
+        "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n"
+    )
+    signed: list[str | Path] = ["-CA", ca_file, "-CAkey", ca_key, "-set_serial", f"0x{secrets.token_hex(8)}"]
+    run("x509", "-req", "-in", request, *signed, *days, "-extfile", extensions, "-out", cert_file)
+    return Certificates(ca_file, cert_file, key_file)
+
+
 def _postgres_bin() -> Path:
     """Debian's newest PostgreSQL binaries (not /usr/local/bin, which may hold anything)."""
     initdbs = ensure_files("/usr/lib/postgresql/*/bin/initdb", "postgresql")
@@ -43,9 +96,11 @@ def _postgres_bin() -> Path:
 
 class Postgres:
     """A PostgreSQL server owned by the test session: role ``phoenix_test`` (scram-sha-256 password)
-    owning database ``phoenix_test``, on ``127.0.0.1:port``, its unix sockets in its own directory."""
+    owning database ``phoenix_test``, on ``127.0.0.1:port``, its unix sockets in its own directory; with
+    ``certificates``, TLS on too."""
 
-    def __init__(self) -> None:
+    def __init__(self, certificates: Certificates | None = None) -> None:
+        self.certificates = certificates
         self.bin = _postgres_bin()
         self.port = free_port()
         self.password = secrets.token_hex(16)
@@ -109,6 +164,24 @@ class Postgres:
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\nfsync = off\n"
             )
+            if self.certificates is not None:
+                cert_file, key_file = self._owned_copy(
+                    self.certificates.cert_file, self.certificates.key_file
+                )
+                conf.write(f"ssl = on\nssl_cert_file = '{cert_file}'\nssl_key_file = '{key_file}'\n")
+
+    def _owned_copy(self, *files: Path) -> list[Path]:
+        """Copies of ``files`` in the server's directory, that only the server's user may read (it
+        refuses a key that others can)."""
+        copies = []
+        for file in files:
+            copy = self.root / file.name
+            shutil.copyfile(file, copy)
+            if self._as_owner:
+                shutil.chown(copy, "postgres")
+            copy.chmod(0o600)
+            copies.append(copy)
+        return copies
 
     def start(self) -> None:
         """Starts the server (again) on the same port and data, and returns once it accepts connections."""
@@ -138,10 +211,11 @@ class Postgres:
         )
         return ready.returncode == 0
 
-    def dsn(self, password: str | None = None) -> str:
-        """The URL of the test database, with the right password or ``password``."""
+    def dsn(self, password: str | None = None, *, sslmode: str | None = None) -> str:
+        """The URL of the test database, with the right password or ``password``, and ``sslmode``."""
         secret = self.password if password is None else password
-        return f"postgresql://{USER}:{secret}@127.0.0.1:{self.port}/{USER}"
+        options = "" if sslmode is None else f"?sslmode={sslmode}"
+        return f"postgresql://{USER}:{secret}@127.0.0.1:{self.port}/{USER}{options}"
 
     def close(self) -> None:
         """Stops the server if it runs, and removes its directory."""
@@ -153,9 +227,10 @@ class Postgres:
 
 class Redis:
     """A Redis server owned by the test session, on ``127.0.0.1:port``, requiring ``password``, keeping
-    nothing on disk."""
+    nothing on disk; with ``certificates``, that port speaks TLS only."""
 
-    def __init__(self) -> None:
+    def __init__(self, certificates: Certificates | None = None) -> None:
+        self.certificates = certificates
         self.command = ensure_command("redis-server", "redis-server")
         self.port = free_port()
         self.password = secrets.token_hex(16)
@@ -170,10 +245,15 @@ class Redis:
 
     def start(self) -> None:
         """Starts the server (again) on the same port, and returns once it answers PING."""
+        if self.certificates is None:
+            ports = ["--port", str(self.port)]
+        else:
+            tls = self.certificates
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            ports += ["--tls-cert-file", str(tls.cert_file), "--tls-key-file", str(tls.key_file)]
         argv = [
             self.command,
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -217,7 +297,11 @@ class Redis:
     def ping(self) -> bool:
         """Whether the server answers AUTH and PING (RESP spoken by hand: no client library needed)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5.0) as conn:
+            with contextlib.ExitStack() as stack:
+                conn = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=5.0))
+                if self.certificates is not None:
+                    context = self.certificates.client_context()
+                    conn = stack.enter_context(context.wrap_socket(conn, server_hostname="127.0.0.1"))
                 conn.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
                 answer = b""
                 while answer.count(b"\r\n") < 2:
@@ -232,7 +316,8 @@ class Redis:
     def url(self, password: str | None = None) -> str:
         """The server's URL, with the right password or ``password``."""
         secret = self.password if password is None else password
-        return f"redis://:{secret}@127.0.0.1:{self.port}/0"
+        scheme = "redis" if self.certificates is None else "rediss"
+        return f"{scheme}://:{secret}@127.0.0.1:{self.port}/0"
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

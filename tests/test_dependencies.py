@@ -1,7 +1,8 @@
 """End to end, issue 11: the native dependency checks, added with the typed Python API
 (``kernel.add_postgres`` and the rest, see ``tests.apps:dependencies``) in a served kernel, against real
 PostgreSQL and Redis servers (tests/servers.py), a listener that never answers, an HTTP server answering
-500, a disk threshold, and a served event loop blocked (with the GIL held) while every kind runs on."""
+500, a disk threshold, and a served event loop blocked (with the GIL held) while every kind runs on; and
+TLS, against PostgreSQL, Redis and an HTTPS server with a certificate from the session's own CA."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from .conftest import Server, serve_with_probe_port, wait_for_answer, wait_until
-from .servers import Postgres, Redis
+from .servers import Certificates, Postgres, Redis
 
 # Short periods, so that several runs pass in a moment; deadlines generous enough for a busy machine.
 INTERVAL_MS = 100
@@ -255,6 +257,86 @@ def test_an_http_check_fails_naming_an_unexpected_status(http_upstream: int, ser
     failed = wait_for_status(server, "broken", "fail", cause="500")
     assert failed["metric"] is None
     assert wait_for_status(server, "upstream", "pass")["metric"] == 1.0
+
+
+UNTRUSTED = "TLS handshake failed: certificate not trusted (unknown issuer)"
+# Answers 1 over TLS and fails (division by zero) over a plain connection: proof of which one a check used.
+TLS_ONLY_QUERY = "SELECT 1 / ssl::int FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def test_postgres_over_tls_verifies_what_its_sslmode_says(
+    postgres_tls: Postgres, certificates: Certificates, serve: Any
+) -> None:
+    settings = {"interval_ms": INTERVAL_MS, "timeout_ms": TIMEOUT_MS, "query": TLS_ONLY_QUERY}
+    ca_file = str(certificates.ca_file)
+    server = serve_dependencies(
+        serve,
+        dependency("postgres", "require", dsn=postgres_tls.dsn(sslmode="require"), **settings),
+        dependency(
+            "postgres",
+            "verify_full",
+            dsn=postgres_tls.dsn(sslmode="verify-full"),
+            ca_file=ca_file,
+            **settings,
+        ),
+        dependency("postgres", "untrusted", dsn=postgres_tls.dsn(sslmode="verify-full"), **settings),
+        dependency("postgres", "plain", dsn=postgres_tls.dsn(sslmode="disable"), **settings),
+    )
+    assert wait_for_status(server, "require", "pass")["metric"] == 1.0
+    assert wait_for_status(server, "verify_full", "pass")["metric"] == 1.0
+    # The session's CA is not among the system's roots.
+    assert wait_for_status(server, "untrusted", "fail", cause="certificate")["error"] == UNTRUSTED
+    # The query does tell: without TLS, it fails.
+    assert "division by zero" in wait_for_status(server, "plain", "fail")["error"]
+
+
+def test_rediss_is_verified_against_the_ca_file(
+    redis_tls: Redis, certificates: Certificates, serve: Any
+) -> None:
+    timing = {"interval_ms": INTERVAL_MS, "timeout_ms": TIMEOUT_MS}
+    server = serve_dependencies(
+        serve,
+        dependency("redis", "verified", url=redis_tls.url(), ca_file=str(certificates.ca_file), **timing),
+        dependency("redis", "untrusted", url=redis_tls.url(), **timing),
+    )
+    assert wait_for_status(server, "verified", "pass")["metric"] == 1.0
+    failed = wait_for_status(server, "untrusted", "fail", cause="certificate")
+    assert failed["error"] == UNTRUSTED
+    assert redis_tls.password not in json.dumps(failed)
+
+
+class _QuietHTTPServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the untrusted check's handshakes fail on purpose
+
+
+@pytest.fixture
+def https_upstream(certificates: Certificates) -> Iterator[int]:
+    """:func:`http_upstream` over TLS, with the session CA's certificate; yields its port."""
+    upstream = _QuietHTTPServer(("127.0.0.1", 0), _Answers)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificates.cert_file, certificates.key_file)
+    # The handshake in each request's thread, not in the accepting one.
+    upstream.socket = context.wrap_socket(upstream.socket, server_side=True, do_handshake_on_connect=False)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    yield upstream.server_address[1]
+    upstream.shutdown()
+    upstream.server_close()
+    thread.join(10)
+
+
+def test_https_is_verified_against_the_ca_file(
+    https_upstream: int, certificates: Certificates, serve: Any
+) -> None:
+    url = f"https://127.0.0.1:{https_upstream}/ok"
+    server = serve_dependencies(
+        serve,
+        dependency("http", "verified", url=url, ca_file=str(certificates.ca_file), interval_ms=INTERVAL_MS),
+        dependency("http", "untrusted", url=url, interval_ms=INTERVAL_MS),
+    )
+    assert wait_for_status(server, "verified", "pass")["metric"] == 1.0
+    assert wait_for_status(server, "untrusted", "fail", cause="certificate")["error"] == UNTRUSTED
 
 
 def test_a_disk_check_fails_above_its_free_space_and_passes_by_default(tmp_path: Path, serve: Any) -> None:

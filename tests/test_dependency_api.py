@@ -116,16 +116,23 @@ def check(kernel: Kernel) -> dict[str, Any]:
         (lambda k: k.add_dependency("db", "tcp", host="h", port=1, dns=1), "unknown key 'dns'"),
         (lambda k: k.add_tcp("db", "h", 0), "port must be between 1 and 65535, not 0"),
         (lambda k: k.add_tcp("db", "h", 70000), "port must be between 1 and 65535, not 70000"),
-        (lambda k: k.add_http("api", f"https://app:{PASSWORD}@api/"), "url: https:// is not supported yet"),
+        (
+            lambda k: k.add_http("api", f"https://app:{PASSWORD}@api/", ca_file="/nonexistent/ca.pem"),
+            "ca_file: cannot read '/nonexistent/ca.pem'",
+        ),
         (lambda k: k.add_http("api", "http://api/", expect_status=[600]), "expect_status: 600 is neither"),
         (lambda k: k.add_http("api", "http://api/", method="POST"), "method must be GET or HEAD, not 'POST'"),
         (
-            lambda k: k.add_redis("cache", f"rediss://:{PASSWORD}@cache/0"),
-            "url: rediss:// is not supported yet",
+            lambda k: k.add_redis("cache", f"redis://:{PASSWORD}@cache/0", ca_file="/ca.pem"),
+            "ca_file is only used with a rediss:// url",
         ),
         (
-            lambda k: k.add_postgres("db", f"postgresql://app:{PASSWORD}@db/app?sslmode=require"),
-            "dsn: sslmode must be disable or prefer",
+            lambda k: k.add_postgres("db", f"postgresql://app:{PASSWORD}@db/app?sslmode=verify-ca"),
+            "dsn: sslmode=verify-ca needs ca_file",
+        ),
+        (
+            lambda k: k.add_postgres("db", f"postgresql://app:{PASSWORD}@db/app?sslmode=allow"),
+            "dsn: sslmode must be disable, prefer, require, verify-ca or verify-full",
         ),
         (
             lambda k: k.add_postgres("db", f"postgresql://app:{PASSWORD}@db:port/app"),

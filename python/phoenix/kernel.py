@@ -236,6 +236,7 @@ class Kernel:
         dsn: str,
         *,
         query: str = "SELECT 1",
+        ca_file: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         warn_threshold: float | None = None,
         timeout_ms: int | None = None,
@@ -243,12 +244,15 @@ class Kernel:
         failures_before_unready: int = 1,
     ) -> None:
         """PostgreSQL: runs ``query`` on a kept connection. ``dsn`` is a ``postgresql://`` URL or a
-        ``key=value`` string; TLS is not supported yet (``sslmode`` must be ``disable`` or ``prefer``)."""
+        ``key=value`` string; its ``sslmode`` says whether TLS is used and what is verified, as libpq
+        (``prefer`` by default). ``ca_file`` (PEM) is the CA to verify the server against instead of
+        the system's roots."""
         self.add_dependency(
             name,
             "postgres",
             dsn=dsn,
             query=query,
+            ca_file=ca_file,
             threshold=threshold,
             warn_threshold=warn_threshold,
             timeout_ms=timeout_ms,
@@ -261,6 +265,7 @@ class Kernel:
         name: str,
         url: str,
         *,
+        ca_file: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         warn_threshold: float | None = None,
         timeout_ms: int | None = None,
@@ -268,11 +273,13 @@ class Kernel:
         failures_before_unready: int = 1,
     ) -> None:
         """Redis: ``PING`` answered by ``PONG`` on a kept connection to
-        ``redis://[user:password@]host[:port][/db]`` (no ``rediss://`` yet)."""
+        ``redis://[user:password@]host[:port][/db]``, or ``rediss://`` for TLS, verified against the
+        system's roots or ``ca_file``'s (PEM)."""
         self.add_dependency(
             name,
             "redis",
             url=url,
+            ca_file=ca_file,
             threshold=threshold,
             warn_threshold=warn_threshold,
             timeout_ms=timeout_ms,
@@ -289,15 +296,17 @@ class Kernel:
         expect_status: Sequence[int | str] = ("2xx",),
         body_contains: str | None = None,
         follow_redirects: bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         warn_threshold: float | None = None,
         timeout_ms: int | None = None,
         interval_ms: int | None = None,
         failures_before_unready: int = 1,
     ) -> None:
-        """HTTP: ``method`` (GET or HEAD) on an ``http://`` URL passes when the status is in
-        ``expect_status`` (codes and classes such as ``"2xx"``) and the body contains ``body_contains``,
-        if given. Redirects are followed (at most 5) only with ``follow_redirects``."""
+        """HTTP: ``method`` (GET or HEAD) on an ``http://`` or ``https://`` URL passes when the status is
+        in ``expect_status`` (codes and classes such as ``"2xx"``) and the body contains
+        ``body_contains``, if given. Redirects are followed (at most 5) only with ``follow_redirects``.
+        https is verified against the system's roots, or ``ca_file``'s (PEM)."""
         self.add_dependency(
             name,
             "http",
@@ -306,6 +315,7 @@ class Kernel:
             expect_status=list(expect_status),
             body_contains=body_contains,
             follow_redirects=follow_redirects,
+            ca_file=ca_file,
             threshold=threshold,
             warn_threshold=warn_threshold,
             timeout_ms=timeout_ms,

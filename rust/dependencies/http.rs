@@ -1,13 +1,14 @@
 //! `http`: a GET (or HEAD) whose status must be in the expected set (2xx unless told otherwise), and
 //! whose body may have to contain a text. Redirects are answers like any other unless following them is
-//! asked for (at most [`MAX_REDIRECTS`] hops). Connections are pooled between runs. No TLS yet: `https://`
-//! is refused up front.
+//! asked for (at most [`MAX_REDIRECTS`] hops). Connections are pooled between runs. `https://` is always
+//! verified in full (chain and host name), against the system's roots or `ca_file`'s.
 //!
 //! Errors are built from the URL's host and port only: reqwest's own texts quote the whole URL, with its
 //! user info and query string.
 
 use std::error::Error as _;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use reqwest::{Client, Method, Url};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::tls;
 use crate::checks::{CheckResult, FnProbe, Probe};
 
 pub const MAX_REDIRECTS: usize = 5;
@@ -35,6 +37,8 @@ struct Settings {
     body_contains: Option<String>,
     #[serde(default)]
     follow_redirects: bool,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 /// One accepted status, or a class of them (`2xx` is 2).
@@ -87,14 +91,19 @@ pub struct Http {
 
 impl Http {
     pub fn parse(settings: Value) -> Result<Self, String> {
-        let Settings { url, method, expect_status, body_contains, follow_redirects } =
+        let Settings { url, method, expect_status, body_contains, follow_redirects, ca_file } =
             super::settings(settings)?;
         let url = Url::parse(&url).map_err(|err| format!("url: not a valid URL: {err}"))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => return Err("url: https:// is not supported yet (no TLS): use http://".to_owned()),
-            other => return Err(format!("url must start with http://, not {other}://")),
-        }
+        let roots = match (url.scheme(), ca_file) {
+            ("https", ca_file) => tls::roots(ca_file.as_deref(), "url")?,
+            ("http", Some(_)) if !follow_redirects => {
+                return Err("ca_file is only used with an https:// url (or follow_redirects)".to_owned())
+            }
+            ("http", Some(ca_file)) => tls::roots(Some(&ca_file), "url")?,
+            // Used only if a redirect leads to https://, which then fails if the system has no roots.
+            ("http", None) => tls::system_roots(),
+            (other, _) => return Err(format!("url must start with http:// or https://, not {other}://")),
+        };
         if url.host_str().is_none_or(str::is_empty) {
             return Err("url: no host given".to_owned());
         }
@@ -123,6 +132,7 @@ impl Http {
             false => reqwest::redirect::Policy::none(),
         };
         let client = Client::builder()
+            .tls_backend_preconfigured(tls::client_config(tls::Verify::ChainAndName(roots), &[b"http/1.1"]))
             // A health check asks the dependency itself, not whatever proxy the environment names.
             .no_proxy()
             .redirect(redirects)
@@ -179,10 +189,14 @@ impl Http {
 
 /// A failed request by its cause, from the URL's host and port only.
 fn describe(err: &reqwest::Error) -> String {
+    if let Some(handshake) = tls::describe(err) {
+        return handshake;
+    }
     let address = err
         .url()
         .map(|url| format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(80)))
         .unwrap_or_default();
+    let https = err.url().is_some_and(|url| url.scheme() == "https");
     let mut innermost: Option<&(dyn std::error::Error + 'static)> = None;
     let mut cause = err.source();
     while let Some(error) = cause {
@@ -190,6 +204,10 @@ fn describe(err: &reqwest::Error) -> String {
             return unresolved.to_string();
         }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            // Connecting a socket never ends early: on https, the handshake did.
+            if https && io.kind() == std::io::ErrorKind::UnexpectedEof {
+                return tls::describe_io(io);
+            }
             return super::connect_error(io, &address);
         }
         // reqwest's errors quote the URL: never shown.
@@ -243,7 +261,9 @@ impl std::error::Error for CannotResolve {}
 mod tests {
     use super::*;
     use crate::checks::{start_round, Outcome, Policy, Status, Subsystem};
-    use crate::dependencies::testing::{closed_port, silent_listener, times_out_holding_one_connection};
+    use crate::dependencies::testing::{
+        closed_port, silent_listener, times_out_holding_one_connection, tls_server, TempDir, TestCa,
+    };
     use crate::dependencies::Dependency;
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -392,6 +412,45 @@ mod tests {
         times_out_holding_one_connection(&api, &silence, 200).await;
     }
 
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+    #[tokio::test]
+    async fn https_passes_only_with_a_trusted_ca_and_the_right_host() {
+        let ca = TestCa::new();
+        let dir = TempDir::new("https");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let url = format!("https://127.0.0.1:{}/ok", tls_server(ca.server(&["127.0.0.1"]), OK).await);
+        let trusted = check(serde_json::json!({"url": url, "ca_file": ca_file})).await;
+        assert_eq!((trusted.status, trusted.metric), (Status::Pass, Some(1.0)), "{trusted:?}");
+        // The system's roots do not hold the test's CA, nor does another CA's file.
+        let untrusted = check(serde_json::json!({"url": url})).await;
+        assert_eq!(failed(&untrusted), "TLS handshake failed: certificate not trusted (unknown issuer)");
+        let other = dir.write("other.pem", &TestCa::new().pem);
+        let other = check(serde_json::json!({"url": url, "ca_file": other})).await;
+        assert_eq!(failed(&other), "TLS handshake failed: certificate not trusted (unknown issuer)");
+        // A certificate from the trusted CA, for another host.
+        let url = format!("https://127.0.0.1:{}/ok", tls_server(ca.server(&["api.internal"]), OK).await);
+        let elsewhere = check(serde_json::json!({"url": url, "ca_file": ca_file})).await;
+        assert_eq!(failed(&elsewhere), "TLS handshake failed: certificate not valid for host '127.0.0.1'");
+    }
+
+    #[tokio::test]
+    async fn https_to_a_plain_port_says_the_answer_is_not_tls() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            // A plain HTTP server's answer to bytes it cannot read.
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let plain = check(serde_json::json!({"url": format!("https://127.0.0.1:{port}/")})).await;
+        assert_eq!(
+            failed(&plain),
+            "TLS handshake failed: the server did not answer in TLS (is TLS enabled on this port?)"
+        );
+    }
+
     #[test]
     fn settings_are_validated_without_ever_quoting_a_password() {
         let parse = |settings: Value| {
@@ -399,14 +458,19 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{settings} was accepted"))
         };
+        let dir = TempDir::new("http-settings");
+        let not_pem = dir.write("hostname", "api.internal\n");
+        let not_pem_error = format!("ca_file: no certificate in '{}'", not_pem.display());
         let with = |extra: Value| {
             let mut settings = serde_json::json!({"url": "http://app:s3cr3t-pw@api/health"});
             settings.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             parse(settings)
         };
         let errors = [
-            (parse(serde_json::json!({"url": "https://app:s3cr3t-pw@api/health"})), "url: https:// is not supported yet"),
-            (parse(serde_json::json!({"url": "ftp://app:s3cr3t-pw@api/"})), "url must start with http://, not ftp://"),
+            (with(serde_json::json!({"ca_file": not_pem})), "ca_file is only used with an https:// url (or follow_redirects)"),
+            (parse(serde_json::json!({"url": "https://app:s3cr3t-pw@api/", "ca_file": "/nonexistent/ca.pem"})), "ca_file: cannot read '/nonexistent/ca.pem': No such file or directory"),
+            (parse(serde_json::json!({"url": "https://app:s3cr3t-pw@api/", "ca_file": not_pem})), &not_pem_error),
+            (parse(serde_json::json!({"url": "ftp://app:s3cr3t-pw@api/"})), "url must start with http:// or https://, not ftp://"),
             (parse(serde_json::json!({"url": "http://app:s3cr3t-pw@api:http/"})), "url: not a valid URL: invalid port number"),
             (parse(serde_json::json!({"url": "http://app:s3cr3t-pw@api:0/"})), "url: port must be between 1 and 65535, not 0"),
             (parse(serde_json::json!({"url": "/health"})), "url: not a valid URL: relative URL without a base"),
@@ -418,7 +482,7 @@ mod tests {
             (with(serde_json::json!({"expect_status": 200})), "expect_status: invalid type: integer `200`, expected a sequence"),
             (with(serde_json::json!({"method": "HEAD", "body_contains": "ok"})), "body_contains needs method GET"),
             (with(serde_json::json!({"follow_redirects": "yes"})), "follow_redirects: invalid type"),
-            (with(serde_json::json!({"timeout": 1})), "unknown key 'timeout' (expected one of url, method, expect_status, body_contains, follow_redirects)"),
+            (with(serde_json::json!({"timeout": 1})), "unknown key 'timeout' (expected one of url, method, expect_status, body_contains, follow_redirects, ca_file)"),
             (parse(serde_json::json!({"method": "GET"})), "missing key 'url'"),
         ];
         for (err, expected) in errors {

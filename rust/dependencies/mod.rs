@@ -14,6 +14,7 @@ pub mod memory;
 pub mod postgres;
 pub mod redis;
 pub mod tcp;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -333,6 +334,71 @@ pub(crate) mod testing {
             }
         });
         (port, silence)
+    }
+
+    /// A certificate authority made for one test, and the server certificates it signs.
+    pub struct TestCa {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        /// Its certificate, as a `ca_file` holds it.
+        pub pem: String,
+    }
+
+    impl TestCa {
+        pub fn new() -> Self {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            // A name of its own: a CA of the same name would be taken for the issuer (a bad signature, not
+            // an unknown issuer).
+            static COUNT: AtomicUsize = AtomicUsize::new(0);
+            let name = format!("Phoenix test CA {}", COUNT.fetch_add(1, Ordering::Relaxed));
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().unwrap();
+            let pem = params.self_signed(&key).unwrap().pem();
+            Self { issuer: rcgen::Issuer::new(params, key), pem }
+        }
+
+        /// A server's TLS configuration, with a certificate for `names` (DNS names or IP addresses).
+        pub fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let names = names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+            let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &self.issuer).unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            #[allow(deprecated)] // as the checks' provider: see tls.rs
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], key)
+                .unwrap();
+            Arc::new(config)
+        }
+    }
+
+    /// A TLS server on 127.0.0.1: each connection's handshake under `config`, then, once the client has
+    /// sent something, `answer`, and the connection closed. A handshake the client gives up ends it.
+    pub async fn tls_server(config: Arc<rustls::ServerConfig>, answer: &'static [u8]) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut stream) = acceptor.accept(stream).await else { return };
+                    let mut buffer = [0u8; 4096];
+                    if matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {
+                        let _ = stream.write_all(answer).await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+            }
+        });
+        port
     }
 
     /// Waits until `condition` holds, which other tasks bring about; the deadline only bounds the wait.

@@ -2,9 +2,11 @@
 //!
 //! The connection is opened by the first run (AUTH and SELECT as the URL says) and replaced when a run
 //! fails; a kept connection the server closed since the last run is replaced within the run. We connect
-//! the socket ourselves, so that the errors tell a name that does not resolve from a refused port. No TLS
-//! yet: `rediss://` is refused up front.
+//! the socket ourselves, so that the errors tell a name that does not resolve from a refused port.
+//! `rediss://` wraps it in TLS, always verified in full (chain and host name), against the system's roots
+//! or `ca_file`'s.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,15 +14,27 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError,
 };
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::tls;
 use crate::checks::{CheckResult, FnProbe, Probe};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     url: String,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+/// `rediss://`: the session's configuration and the name the certificate must show.
+struct Tls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
 }
 
 pub struct Redis {
@@ -28,18 +42,28 @@ pub struct Redis {
     port: u16,
     /// Database, user and password, as the URL gives them.
     login: RedisConnectionInfo,
+    tls: Option<Tls>,
     kept: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Redis {
     pub fn parse(settings: Value) -> Result<Self, String> {
-        let Settings { url } = super::settings(settings)?;
+        let Settings { url, ca_file } = super::settings(settings)?;
         // Checked here first, so that each error says what is wrong without quoting the URL.
-        let parsed = url::Url::parse(&url).map_err(|err| format!("url: not a valid URL: {err}"))?;
-        match parsed.scheme() {
-            "redis" => {}
-            "rediss" => return Err("url: rediss:// is not supported yet (no TLS): use redis://".to_owned()),
-            other => return Err(format!("url must start with redis://, not {other}://")),
+        let mut parsed = url::Url::parse(&url).map_err(|err| format!("url: not a valid URL: {err}"))?;
+        let secure = match parsed.scheme() {
+            "redis" if ca_file.is_some() => {
+                return Err("ca_file is only used with a rediss:// url".to_owned());
+            }
+            "redis" => false,
+            "rediss" => true,
+            other => return Err(format!("url must start with redis:// or rediss://, not {other}://")),
+        };
+        if secure && parsed.fragment().is_some() {
+            // The redis crate reads `#insecure` as "skip verification": never done here.
+            return Err(
+                "url: no #fragment: rediss:// is always verified (a private CA goes in ca_file)".to_owned()
+            );
         }
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err("url: no host given (redis://[user:password@]host[:port][/db])".to_owned());
@@ -51,12 +75,31 @@ impl Redis {
         if !db.is_empty() && db.parse::<u16>().is_err() {
             return Err("url: the path must be a database number (redis://host:6379/0)".to_owned());
         }
+        let tls = match secure {
+            true => {
+                let roots = tls::roots(ca_file.as_deref(), "url")?;
+                let name = match parsed.host() {
+                    Some(url::Host::Domain(name)) => name.to_owned(),
+                    Some(url::Host::Ipv4(ip)) => ip.to_string(),
+                    Some(url::Host::Ipv6(ip)) => ip.to_string(),
+                    None => unreachable!("the host was checked above"),
+                };
+                let config = tls::client_config(tls::Verify::ChainAndName(roots), &[]);
+                Some(Tls {
+                    config: Arc::new(config),
+                    name: tls::server_name(&name).map_err(|why| format!("url: {why}"))?,
+                })
+            }
+            false => None,
+        };
+        // The rest is the redis crate's reading, of a redis:// URL: we do the TLS ourselves.
+        let _ = parsed.set_scheme("redis");
         let info =
-            url.as_str().into_connection_info().map_err(|_| "url: not a valid Redis URL".to_owned())?;
+            parsed.as_str().into_connection_info().map_err(|_| "url: not a valid Redis URL".to_owned())?;
         let ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
             return Err("url: only redis://host[:port] addresses are supported".to_owned());
         };
-        Ok(Self { host, port, login: info.redis_settings().clone(), kept: Mutex::new(None) })
+        Ok(Self { host, port, login: info.redis_settings().clone(), tls, kept: Mutex::new(None) })
     }
 
     pub fn probe(self, timeout: Duration) -> impl Probe {
@@ -98,6 +141,22 @@ impl Redis {
 
     async fn connect(&self) -> Result<MultiplexedConnection, String> {
         let stream = super::connect_tcp(&self.host, self.port).await?;
+        match &self.tls {
+            None => self.login(stream).await,
+            Some(Tls { config, name }) => {
+                let stream = tls::connect(Arc::clone(config), name.clone(), stream)
+                    .await
+                    .map_err(|err| tls::describe_io(&err))?;
+                self.login(stream).await
+            }
+        }
+    }
+
+    /// AUTH and SELECT over `stream`, plain or TLS.
+    async fn login<S>(&self, stream: S) -> Result<MultiplexedConnection, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         // The check's own deadline bounds every run; the client's default 500 ms would cut a slower
         // answer short under a longer one.
         let config = AsyncConnectionConfig::new().set_response_timeout(None).set_connection_timeout(None);
@@ -144,7 +203,9 @@ async fn ping(connection: &mut MultiplexedConnection) -> Result<String, RedisErr
 mod tests {
     use super::*;
     use crate::checks::{start_round, Policy, Status, Subsystem};
-    use crate::dependencies::testing::{closed_port, silent_listener, times_out_holding_one_connection};
+    use crate::dependencies::testing::{
+        closed_port, silent_listener, times_out_holding_one_connection, tls_server, TempDir, TestCa,
+    };
     use crate::dependencies::Dependency;
     use tokio::runtime::Handle;
 
@@ -181,6 +242,37 @@ mod tests {
         times_out_holding_one_connection(&cache, &silence, 200).await;
     }
 
+    #[tokio::test]
+    async fn rediss_verifies_the_certificate_before_sending_the_password() {
+        let ca = TestCa::new();
+        let dir = TempDir::new("rediss");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let round = |settings: Value| async move {
+            let dependency = Dependency::parse("redis", settings).unwrap();
+            let cache = Arc::new(dependency.subsystem("cache", Policy::new(0.0, Duration::from_secs(10))));
+            start_round(&[cache], &Handle::current()).await.outcomes.remove(0)
+        };
+        // The server answers whatever it is sent with an error: only the handshake is looked at here.
+        let port = tls_server(ca.server(&["127.0.0.1"]), b"-ERR not a server\r\n").await;
+        let url = format!("rediss://:{PASSWORD}@127.0.0.1:{port}/0");
+        let untrusted = round(serde_json::json!({ "url": url })).await;
+        assert_eq!(untrusted.status, Status::Fail);
+        assert_eq!(
+            untrusted.message.as_deref(),
+            Some("TLS handshake failed: certificate not trusted (unknown issuer)")
+        );
+        let trusted = round(serde_json::json!({ "url": url, "ca_file": ca_file })).await;
+        let message = trusted.message.unwrap();
+        assert!(!message.starts_with("TLS handshake failed") && !message.contains(PASSWORD), "{message}");
+        let port = tls_server(ca.server(&["cache.internal"]), b"").await;
+        let url = format!("rediss://:{PASSWORD}@127.0.0.1:{port}/0");
+        let elsewhere = round(serde_json::json!({ "url": url, "ca_file": ca_file })).await;
+        assert_eq!(
+            elsewhere.message.as_deref(),
+            Some("TLS handshake failed: certificate not valid for host '127.0.0.1'")
+        );
+    }
+
     #[test]
     fn the_url_is_validated_without_ever_quoting_its_password() {
         let parse = |settings: Value| {
@@ -190,8 +282,24 @@ mod tests {
         };
         let url = |url: String| parse(serde_json::json!({ "url": url }));
         let errors = [
-            (url(format!("rediss://app:{PASSWORD}@cache:6380/0")), "url: rediss:// is not supported yet"),
-            (url(format!("http://app:{PASSWORD}@cache/0")), "url must start with redis://, not http://"),
+            (
+                url(format!("rediss://app:{PASSWORD}@cache:6380/0#insecure")),
+                "url: no #fragment: rediss:// is always verified",
+            ),
+            (
+                parse(serde_json::json!({"url": format!("redis://:{PASSWORD}@cache"), "ca_file": "/ca.pem"})),
+                "ca_file is only used with a rediss:// url",
+            ),
+            (
+                parse(
+                    serde_json::json!({"url": format!("rediss://:{PASSWORD}@cache"), "ca_file": "/nonexistent"}),
+                ),
+                "ca_file: cannot read '/nonexistent'",
+            ),
+            (
+                url(format!("http://app:{PASSWORD}@cache/0")),
+                "url must start with redis:// or rediss://, not http://",
+            ),
             (
                 url(format!("redis://app:{PASSWORD}@cache:port/0")),
                 "url: not a valid URL: invalid port number",
@@ -206,7 +314,7 @@ mod tests {
             (url(format!("app:{PASSWORD}@cache")), "url must start with redis://"),
             (
                 parse(serde_json::json!({"url": "redis://cache", "db": 1})),
-                "unknown key 'db' (expected one of url)",
+                "unknown key 'db' (expected one of url, ca_file)",
             ),
             (parse(serde_json::json!({})), "missing key 'url'"),
         ];
@@ -234,5 +342,13 @@ mod tests {
             panic!("a redis check");
         };
         assert_eq!((plain.port, plain.login.db(), plain.login.password()), (6379, 0, None));
+        assert!(plain.tls.is_none());
+        let Dependency::Redis(secure) =
+            Dependency::parse("redis", serde_json::json!({"url": "rediss://:pw@cache:6380/2"})).unwrap()
+        else {
+            panic!("a redis check");
+        };
+        assert_eq!((secure.host.as_str(), secure.port, secure.login.db()), ("cache", 6380, 2));
+        assert_eq!(secure.tls.unwrap().name.to_str(), "cache");
     }
 }
