@@ -440,7 +440,7 @@ def test_check_with_a_bad_url_exits_2_with_one_line(tmp_path: Path, url: str) ->
             ["--app", "tests.apps:empty"],
             {},
             "invalid [[check]] 'db' in config file 'phoenix.toml': "
-            "unknown key 'dns' (expected one of dsn, query)",
+            "unknown key 'dns' (expected one of dsn, query, ca_file)",
         ),
         (
             '[[check]]\nname = "db"\nkind = "postgres"\ndsn = "postgresql://app:${DB_PASSWORD}@127.0.0.1:99999/app"\n',
