@@ -183,7 +183,9 @@ def test_the_sdist_builds_a_working_wheel_with_rust(dist: Path, tmp_path: Path) 
     cargo = shutil.which("cargo")
     assert cargo, "the sdist needs a Rust toolchain to build"
     builder = fresh_venv(tmp_path / "build-venv")
-    build_env = env_with_path(builder, Path(cargo).parent, *SYSTEM_PATH, home=tmp_path) | QUICK_RELEASE
+    # Unoptimised as well: this wheel is only imported, and the build is the longest step of `make test`.
+    unoptimised = QUICK_RELEASE | {"CARGO_PROFILE_RELEASE_OPT_LEVEL": "0"}
+    build_env = env_with_path(builder, Path(cargo).parent, *SYSTEM_PATH, home=tmp_path) | unoptimised
     built = tmp_path / "built"
     subprocess.run(
         [str(builder / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(built), str(sdist)],
