@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::tls;
-use crate::checks::{CheckResult, FnProbe, Probe};
+use crate::checks::{CheckResult, Probe};
 
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -145,11 +145,7 @@ impl Http {
     }
 
     pub fn probe(self, timeout: Duration) -> impl Probe {
-        let this = Arc::new(self);
-        FnProbe(move || {
-            let this = Arc::clone(&this);
-            super::within(timeout, async move { this.check().await })
-        })
+        super::probe_within(self, timeout, |this| async move { this.check().await })
     }
 
     async fn check(&self) -> CheckResult {

@@ -18,13 +18,14 @@ mod tls;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 
-use crate::checks::{CheckResult, Policy, Probe, Subsystem};
+use crate::checks::{CheckResult, FnProbe, Policy, Probe, Subsystem};
 
 pub const KINDS: [&str; 6] = ["postgres", "redis", "http", "tcp", "disk", "memory"];
 
@@ -110,6 +111,18 @@ impl Dependency {
         };
         Subsystem::new(name, measurement, policy, probe)
     }
+}
+
+/// The probe of a kind that keeps state between runs (a connection, a pool): each run calls `check` on
+/// that state and is cut short at `timeout`.
+fn probe_within<T, F, Fut>(state: T, timeout: Duration, check: F) -> impl Probe
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CheckResult> + Send + 'static,
+{
+    let state = Arc::new(state);
+    FnProbe(move || within(timeout, check(Arc::clone(&state))))
 }
 
 /// Runs `work` for at most `timeout`; past it the work is dropped (closing what it had open) and the

@@ -20,7 +20,7 @@ use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::tls;
-use crate::checks::{CheckResult, FnProbe, Probe};
+use crate::checks::{CheckResult, Probe};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,11 +114,7 @@ impl Postgres {
     }
 
     pub fn probe(self, timeout: Duration) -> impl Probe {
-        let this = Arc::new(self);
-        FnProbe(move || {
-            let this = Arc::clone(&this);
-            super::within(timeout, async move { this.check().await })
-        })
+        super::probe_within(self, timeout, |this| async move { this.check().await })
     }
 
     async fn check(&self) -> CheckResult {

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::tls;
-use crate::checks::{CheckResult, FnProbe, Probe};
+use crate::checks::{CheckResult, Probe};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,11 +103,7 @@ impl Redis {
     }
 
     pub fn probe(self, timeout: Duration) -> impl Probe {
-        let this = Arc::new(self);
-        FnProbe(move || {
-            let this = Arc::clone(&this);
-            super::within(timeout, async move { this.check().await })
-        })
+        super::probe_within(self, timeout, |this| async move { this.check().await })
     }
 
     async fn check(&self) -> CheckResult {
