@@ -129,7 +129,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
-            self.read.fetch_add(read as u64, Ordering::Relaxed);
+            // This stream is the count's only writer: a plain store, not a locked read-modify-write.
+            let count = self.read.load(Ordering::Relaxed);
+            self.read.store(count.wrapping_add(read as u64), Ordering::Relaxed);
         }
         polled
     }
