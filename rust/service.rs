@@ -603,6 +603,14 @@ impl Service {
         if let Answer::Reply(reply) = self.answer(detailed, parts) {
             return reply;
         }
+        self.after_round(detailed, parts).await
+    }
+
+    /// The answer to a request that `answer` told to `Wait`: from the newest round, once the round in
+    /// flight has ended (at once if it already has). Not `answer` again: under load the round this
+    /// request started can end, and its answer grow older than the TTL, before the waiter first runs,
+    /// and asking again would start and wait for another round, running every check twice.
+    pub async fn after_round(self: &Arc<Self>, detailed: Detailed<'_>, parts: Parts<'_>) -> Reply {
         let (ended, end) = tokio::sync::oneshot::channel();
         if self
             .when_round_ends(move || {
@@ -1194,6 +1202,20 @@ mod tests {
         assert!(service.when_round_ends(|| ()).is_err());
         assert!(get(&service, "/ready", Parts::default()).is_some());
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_answered_by_the_round_it_waited_for_however_late_it_runs() {
+        let service = service(Details::Always);
+        let (probe, runs) = counted(Duration::from_millis(50), 1.0);
+        service.add(check("db", probe)).unwrap();
+        assert!(get(&service, "/ready", Parts::default()).is_none(), "told to wait");
+        round_ended(&service).await;
+        // The waiter first runs late (a loaded machine), once that round's answer is too old to serve.
+        tokio::time::sleep(service.ready_ttl() * 100).await;
+        let reply = service.after_round(readiness(&service), Parts::default()).await;
+        assert_eq!(reply.status(), 200);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "no second round");
     }
 
     #[tokio::test(start_paused = true)]

@@ -186,11 +186,12 @@ fn answer(state: &Arc<Listener>, request: Request<Incoming>) -> Answering {
     future::Either::Left(future::ready(Ok(respond(state, method, path, &reply, started))))
 }
 
-/// A readiness answer once the round in flight has ended (a cold cache, or one too old to serve).
+/// A readiness answer once the round `answer` was told to wait for has ended (a cold cache, or one too
+/// old to serve).
 async fn wait_for_round(state: Arc<Listener>, request: Request<Incoming>, started: Instant) -> Answered {
     let (method, path) = (request.method().as_str(), request.uri().path());
     let reply = match state.service.route(method, path) {
-        Routed::Detailed(detailed) => state.service.answer_ready(detailed, parts(&state, &request)).await,
+        Routed::Detailed(detailed) => state.service.after_round(detailed, parts(&state, &request)).await,
         Routed::Reply(reply) => reply,
     };
     Ok(respond(&state, method, path, &reply, started))
