@@ -46,8 +46,8 @@ def counting() -> Kernel:
 _never = threading.Event()
 
 
-def failing() -> Kernel:
-    kernel = Kernel(ready_ttl_ms=0)
+def failing(ready_ttl_ms: int = 0) -> Kernel:
+    kernel = Kernel(ready_ttl_ms=ready_ttl_ms)
 
     @kernel.subsystem("raises", threshold=0.5)
     def raises() -> float:
@@ -62,6 +62,12 @@ def failing() -> Kernel:
         return True
 
     return kernel
+
+
+def failing_cached() -> Kernel:
+    """``failing`` whose round is served for ten minutes: whatever asks next (a scrape) reads the
+    same round instead of starting another."""
+    return failing(ready_ttl_ms=600_000)
 
 
 class _BrokenCore:
