@@ -239,7 +239,11 @@ class _Answers(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def http_upstream() -> Iterator[int]:
     """A tiny HTTP server in a thread (``/ok`` 200, else 500); yields its port."""
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    yield from _served(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers))
+
+
+def _served(upstream: http.server.HTTPServer) -> Iterator[int]:
+    """Serves ``upstream`` from a thread for as long as the calling fixture lasts; yields its port."""
     thread = threading.Thread(target=upstream.serve_forever, daemon=True)
     thread.start()
     yield upstream.server_address[1]
@@ -319,12 +323,7 @@ def https_upstream(certificates: Certificates) -> Iterator[int]:
     context.load_cert_chain(certificates.cert_file, certificates.key_file)
     # The handshake in each request's thread, not in the accepting one.
     upstream.socket = context.wrap_socket(upstream.socket, server_side=True, do_handshake_on_connect=False)
-    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
-    thread.start()
-    yield upstream.server_address[1]
-    upstream.shutdown()
-    upstream.server_close()
-    thread.join(10)
+    yield from _served(upstream)
 
 
 def test_https_is_verified_against_the_ca_file(
