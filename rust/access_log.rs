@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::thread::Thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::render::timestamp;
 
@@ -26,18 +26,38 @@ struct Buffer {
 }
 
 /// Formats timestamps like `render::timestamp`, redoing the calendar part only when the second
-/// changes: at tens of thousands of lines a second, that was the largest part of a line's cost.
+/// changes: at tens of thousands of lines a second, that was the largest part of a line's cost. The
+/// wall-clock time of a line is derived from the monotonic instant its request ended, counted from an
+/// anchor read off the system clock at the start of each second, so a line costs no clock read of its
+/// own (the request's end is read anyway, for its latency). A step of the system clock shows from the
+/// next second on.
 #[derive(Default)]
 struct Clock {
+    /// A monotonic instant and the wall-clock time (since the epoch) read with it.
+    anchor: Option<(Instant, Duration)>,
     second: u64,
     /// `2026-11-27T09:01:44.` for `second`.
     prefix: String,
 }
 
 impl Clock {
-    /// Appends `at` as `2026-11-27T09:01:44.503Z`.
-    fn write(&mut self, at: SystemTime, out: &mut Vec<u8>) {
-        let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    /// The wall-clock time (since the epoch) of the instant `at`.
+    fn since_epoch(&mut self, at: Instant) -> Duration {
+        if let Some((instant, wall)) = self.anchor {
+            // An instant from before the anchor (another thread's request, ended a moment earlier)
+            // counts as the anchor's.
+            let derived = wall + at.saturating_duration_since(instant);
+            if derived.as_secs() == wall.as_secs() {
+                return derived;
+            }
+        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.anchor = Some((at, wall));
+        wall
+    }
+
+    /// Appends the time `since_epoch` as `2026-11-27T09:01:44.503Z`.
+    fn write(&mut self, since_epoch: Duration, out: &mut Vec<u8>) {
         if self.prefix.is_empty() || since_epoch.as_secs() != self.second {
             self.second = since_epoch.as_secs();
             let whole = UNIX_EPOCH + Duration::from_secs(self.second);
@@ -80,9 +100,9 @@ impl<W: Write + Send + 'static> AccessLog<W> {
     }
 
     /// Appends one line in the format of Phoenix's Python log handler, so both read alike:
-    /// `2026-11-27T09:01:44.503Z INFO phoenix.api: GET /health 200 0.131ms`.
-    pub fn record(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
-        let now = SystemTime::now();
+    /// `2026-11-27T09:01:44.503Z INFO phoenix.api: GET /health 200 0.131ms`, for a request that took
+    /// `elapsed` and ended at `ended`.
+    pub fn record(&self, method: &str, path: &str, status: u16, elapsed: Duration, ended: Instant) {
         let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
         if buffer.lines.len() >= MAX_BUFFERED_BYTES {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +111,8 @@ impl<W: Write + Send + 'static> AccessLog<W> {
         let Buffer { lines, clock } = &mut *buffer;
         // Formatted by hand, not with `write!`: by callgrind, the formatting machinery cost four times
         // the core's routing and cache lookup for the same request.
-        clock.write(now, lines);
+        let since_epoch = clock.since_epoch(ended);
+        clock.write(since_epoch, lines);
         lines.extend_from_slice(b" INFO phoenix.api: ");
         lines.extend_from_slice(method.as_bytes());
         lines.push(b' ');
@@ -105,11 +126,12 @@ impl<W: Write + Send + 'static> AccessLog<W> {
         lines.push(b' ');
         lines.extend_from_slice(digits.format(status).as_bytes());
         lines.push(b' ');
-        // Integer arithmetic: float formatting costs more than the rest of the line.
-        let micros = elapsed.as_micros();
-        lines.extend_from_slice(digits.format(micros / 1000).as_bytes());
+        // Integer arithmetic: float formatting costs more than the rest of the line (and 64 bits, not
+        // `as_micros`' 128, whose division is a library call).
+        let millis = elapsed.as_secs() * 1000 + u64::from(elapsed.subsec_millis());
+        lines.extend_from_slice(digits.format(millis).as_bytes());
         lines.push(b'.');
-        push_three_digits(lines, (micros % 1000) as u32);
+        push_three_digits(lines, elapsed.subsec_micros() % 1000);
         lines.extend_from_slice(b"ms\n");
         if lines.len() >= FLUSH_AT_BYTES {
             if let Some(flusher) = self.flusher.get() {
@@ -195,28 +217,60 @@ mod tests {
         for millis in [0, 1_700_000_000_123, 1_700_000_000_999, 1_700_000_001_000, 1_700_000_061_005] {
             let at = UNIX_EPOCH + Duration::from_millis(millis);
             let mut out = Vec::new();
-            clock.write(at, &mut out);
+            clock.write(at.duration_since(UNIX_EPOCH).unwrap(), &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), timestamp(at));
         }
+    }
+
+    #[test]
+    fn line_times_follow_the_monotonic_clock_within_the_anchored_second() {
+        let start = Instant::now();
+        let anchored = Duration::from_millis(1_700_000_000_100);
+        let mut clock = Clock { anchor: Some((start, anchored)), ..Clock::default() };
+        assert_eq!(
+            clock.since_epoch(start + Duration::from_millis(250)),
+            anchored + Duration::from_millis(250)
+        );
+        // A request that ended a moment before the anchor was read counts as the anchor's.
+        if let Some(earlier) = start.checked_sub(Duration::from_millis(5)) {
+            assert_eq!(clock.since_epoch(earlier), anchored);
+        }
+        assert_eq!(clock.anchor, Some((start, anchored)), "no new anchor within the second");
+    }
+
+    #[test]
+    fn a_new_second_reads_the_system_clock_again() {
+        let start = Instant::now();
+        // An anchor three years behind the system clock: only a fresh reading can catch up.
+        let stale =
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap() - Duration::from_secs(3 * 365 * 86_400);
+        let mut clock = Clock { anchor: Some((start, stale)), ..Clock::default() };
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let later = start + Duration::from_secs(2);
+        let read = clock.since_epoch(later);
+        assert!(read >= before, "{read:?} is the system clock's reading, not {stale:?} + 2 s");
+        assert_eq!(clock.anchor, Some((later, read)));
     }
 
     #[test]
     fn latency_is_printed_in_milliseconds_with_three_decimals() {
         let sink = Sink::default();
         let log = AccessLog::new(sink.clone());
-        log.record("GET", "/a", 200, Duration::from_micros(5));
-        log.record("GET", "/b", 200, Duration::from_micros(12_345));
+        log.record("GET", "/a", 200, Duration::from_micros(5), Instant::now());
+        log.record("GET", "/b", 200, Duration::from_micros(12_345), Instant::now());
+        log.record("GET", "/c", 200, Duration::from_secs(2) + Duration::from_micros(7_001), Instant::now());
         log.flush().unwrap();
         let text = sink.text();
         assert!(text.contains("GET /a 200 0.005ms\n"), "{text}");
         assert!(text.contains("GET /b 200 12.345ms\n"), "{text}");
+        assert!(text.contains("GET /c 200 2007.001ms\n"), "{text}");
     }
 
     #[test]
     fn lines_are_buffered_until_flushed() {
         let sink = Sink::default();
         let log = AccessLog::new(sink.clone());
-        log.record("GET", "/health", 200, Duration::from_micros(131));
+        log.record("GET", "/health", 200, Duration::from_micros(131), Instant::now());
         assert_eq!(sink.text(), "");
         log.flush().unwrap();
         let text = sink.text();
@@ -231,7 +285,7 @@ mod tests {
         AccessLog::spawn_flusher(&log, Duration::from_secs(3600)).unwrap();
         let long_path = "/".repeat(1000);
         for _ in 0..70 {
-            log.record("GET", &long_path, 404, Duration::ZERO);
+            log.record("GET", &long_path, 404, Duration::ZERO, Instant::now());
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while sink.text().len() < FLUSH_AT_BYTES {
@@ -247,7 +301,7 @@ mod tests {
         let long_path = "/".repeat(1000);
         let lines = MAX_BUFFERED_BYTES / 1000 + 100;
         for _ in 0..lines {
-            log.record("GET", &long_path, 404, Duration::ZERO);
+            log.record("GET", &long_path, 404, Duration::ZERO, Instant::now());
         }
         log.flush().unwrap();
         let text = sink.text();
@@ -259,7 +313,7 @@ mod tests {
     fn control_characters_in_paths_cannot_forge_lines() {
         let sink = Sink::default();
         let log = AccessLog::new(sink.clone());
-        log.record("GET", "/x\n2026 INFO fake", 404, Duration::ZERO);
+        log.record("GET", "/x\n2026 INFO fake", 404, Duration::ZERO, Instant::now());
         log.flush().unwrap();
         assert_eq!(sink.text().lines().count(), 1);
     }
@@ -269,7 +323,7 @@ mod tests {
         let sink = Sink::default();
         let log = AccessLog::new(sink.clone());
         AccessLog::spawn_flusher(&log, Duration::from_millis(10)).unwrap();
-        log.record("HEAD", "/ready", 503, Duration::ZERO);
+        log.record("HEAD", "/ready", 503, Duration::ZERO, Instant::now());
         std::thread::sleep(Duration::from_millis(100));
         assert!(sink.text().contains("HEAD /ready 503"));
         drop(log);

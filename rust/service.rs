@@ -1053,14 +1053,14 @@ impl Service {
     // --- Request log -------------------------------------------------------------------------------
 
     /// Appends one line to the request log (see `access_log.rs`).
-    pub fn log(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+    pub fn log(&self, method: &str, path: &str, status: u16, elapsed: Duration, ended: Instant) {
         let log = self.access_log.get_or_init(|| {
             let log = AccessLog::new(io::stderr());
             // Without the flusher, lines still go out whenever the buffer fills and at shutdown.
             let _ = AccessLog::spawn_flusher(&log, access_log::FLUSH_EVERY);
             log
         });
-        log.record(method, path, status, elapsed);
+        log.record(method, path, status, elapsed, ended);
     }
 
     /// Writes out buffered request-log lines now (at worker shutdown).

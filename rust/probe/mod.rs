@@ -214,10 +214,11 @@ fn respond(
     reply: &Reply,
     started: Instant,
 ) -> Response<ProbeBody> {
-    let elapsed = started.elapsed();
+    let ended = Instant::now();
+    let elapsed = ended - started;
     state.service.record(method, path, reply.status(), elapsed);
     if state.request_log {
-        state.service.log(method, path, reply.status(), elapsed);
+        state.service.log(method, path, reply.status(), elapsed, ended);
     }
     http_response(reply).map(Either::Left)
 }

@@ -122,10 +122,10 @@ impl Core {
         })
     }
 
-    fn finished(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+    fn finished(&self, method: &str, path: &str, status: u16, elapsed: Duration, ended: Instant) {
         self.service.record(method, path, status, elapsed);
         if self.request_log.load(Ordering::Relaxed) {
-            self.service.log(method, path, status, elapsed);
+            self.service.log(method, path, status, elapsed, ended);
         }
     }
 
@@ -220,7 +220,8 @@ impl Core {
         let started = Instant::now();
         let reply = self.reply(method, path, scope)?;
         if let Some(reply) = &reply {
-            self.finished(method, path, reply.status(), started.elapsed());
+            let ended = Instant::now();
+            self.finished(method, path, reply.status(), ended - started, ended);
         }
         reply.map(|reply| self.python(py, &reply)).transpose()
     }
@@ -294,7 +295,7 @@ impl Core {
                 "elapsed_s must be a finite number of seconds >= 0, not {elapsed_s}"
             ))
         })?;
-        self.finished(method, path, status, elapsed);
+        self.finished(method, path, status, elapsed, Instant::now());
         Ok(())
     }
 
