@@ -5,6 +5,7 @@
 //! main port.
 
 mod grpc;
+#[cfg(target_os = "linux")]
 mod idle;
 
 use std::convert::Infallible;
@@ -36,7 +37,7 @@ use crate::service::{Answer, Parts, Reply, Routed, Service};
 const MAX_CONNECTIONS: usize = 1024;
 /// A request head larger than this is refused (431 over HTTP/1.1, a reset over HTTP/2).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// A connection that sends nothing for one to two of these is closed (see `idle.rs`).
+/// A connection that sends nothing for this long (to half of it more) is closed (see `idle.rs`).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 clients are pinged this often while their connection is open, so a client that is only
 /// listening (a gRPC `Watch`) still sends something, and one that has gone is found out.
@@ -93,6 +94,13 @@ impl Protocols {
         http1.max_buf_size(MAX_HEADER_BYTES);
         let mut detect = auto::Builder::new(TokioExecutor::new());
         detect.http1().max_buf_size(MAX_HEADER_BYTES);
+        // Where the kernel cannot tell how long a socket has been silent, hyper's timer does `idle`'s
+        // work for HTTP/1, at its cost.
+        #[cfg(not(target_os = "linux"))]
+        {
+            http1.timer(TokioTimer::new()).header_read_timeout(IDLE_TIMEOUT);
+            detect.http1().timer(TokioTimer::new()).header_read_timeout(IDLE_TIMEOUT);
+        }
         detect
             .http2()
             .timer(TokioTimer::new())
@@ -105,8 +113,8 @@ impl Protocols {
 
     /// Serves one connection to its end; a client that sends garbage or goes away ends its own
     /// connection, with nothing to report.
-    async fn serve(&self, stream: idle::Watched<TcpStream>, state: Arc<Listener>) {
-        let plain = speaks_plain_http1(stream.get_ref()).await;
+    async fn serve(&self, stream: TcpStream, state: Arc<Listener>) {
+        let plain = speaks_plain_http1(&stream).await;
         let answer = service_fn(move |request| answer(&state, request));
         let io = TokioIo::new(stream);
         // Plain HTTP/1 is served in the task's own memory: boxed, its state was one more allocation
@@ -135,6 +143,7 @@ async fn speaks_plain_http1(stream: &TcpStream) -> bool {
 async fn serve(listener: TcpListener, state: Arc<Listener>) {
     let protocols = Arc::new(Protocols::new());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    #[cfg(target_os = "linux")]
     let sweeper = idle::Sweeper::start(IDLE_TIMEOUT);
     loop {
         let stream = match listener.accept().await {
@@ -151,11 +160,14 @@ async fn serve(listener: TcpListener, state: Arc<Listener>) {
         let _ = stream.set_nodelay(true);
         let protocols = Arc::clone(&protocols);
         let state = Arc::clone(&state);
-        let (stream, activity) = idle::Watched::new(stream);
-        sweeper.spawn(activity, async move {
+        let serve = move |stream| async move {
             protocols.serve(stream, state).await;
             drop(slot);
-        });
+        };
+        #[cfg(target_os = "linux")]
+        sweeper.spawn(stream, serve);
+        #[cfg(not(target_os = "linux"))]
+        tokio::spawn(serve(stream));
     }
 }
 
