@@ -11,7 +11,9 @@ mod idle;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,11 +22,11 @@ use futures::FutureExt as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tonic::codegen::Service as _;
@@ -77,13 +79,13 @@ pub fn start(service: Arc<Service>, address: SocketAddr, request_log: bool) -> i
     Ok(bound)
 }
 
-/// How connections are served: HTTP/1.1 straight through hyper's HTTP/1 server when the first bytes
-/// show it, anything else (HTTP/2, gRPC, a client still sending its first bytes) through hyper-util's
-/// auto-detection. Detection holds larger state and reads once more per connection; serving plain
-/// HTTP/1 without it is a tenth faster with hundreds of connections open.
+/// How connections are served: every one as HTTP/1 first, handed to the HTTP/2 server (h2c, gRPC) when
+/// hyper finds the HTTP/2 client preface where a request line should be, with the bytes it has read.
+/// Serving plain HTTP/1 straight away, without looking at its first bytes or hyper-util's protocol
+/// detection (larger state, one more read), is a tenth faster with hundreds of connections open.
 struct Protocols {
     http1: http1::Builder,
-    detect: auto::Builder<TokioExecutor>,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 impl Protocols {
@@ -92,51 +94,85 @@ impl Protocols {
         // a cached answer's cost; `idle` closes silent connections instead.
         let mut http1 = http1::Builder::new();
         http1.max_buf_size(MAX_HEADER_BYTES);
-        let mut detect = auto::Builder::new(TokioExecutor::new());
-        detect.http1().max_buf_size(MAX_HEADER_BYTES);
         // Where the kernel cannot tell how long a socket has been silent, hyper's timer does `idle`'s
         // work for HTTP/1, at its cost.
         #[cfg(not(target_os = "linux"))]
-        {
-            http1.timer(TokioTimer::new()).header_read_timeout(IDLE_TIMEOUT);
-            detect.http1().timer(TokioTimer::new()).header_read_timeout(IDLE_TIMEOUT);
-        }
-        detect
-            .http2()
+        http1.timer(TokioTimer::new()).header_read_timeout(IDLE_TIMEOUT);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(IDLE_TIMEOUT)
             .max_concurrent_streams(MAX_STREAMS)
             .max_header_list_size(MAX_HEADER_BYTES as u32);
-        Self { http1, detect }
+        Self { http1, http2 }
     }
 
     /// Serves one connection to its end; a client that sends garbage or goes away ends its own
     /// connection, with nothing to report.
     async fn serve(&self, stream: TcpStream, state: Arc<Listener>) {
-        let plain = speaks_plain_http1(&stream).await;
         let answer = service_fn(move |request| answer(&state, request));
-        let io = TokioIo::new(stream);
-        // Plain HTTP/1 is served in the task's own memory: boxed, its state was one more allocation
-        // to reach on every wake-up, a few percent of a cached answer with hundreds of connections
-        // open. Detection is boxed (without a box rustc cannot prove the task `Send`: "higher-ranked
-        // lifetime error"), and its connections are few.
-        if plain {
-            let _ = self.http1.serve_connection(io, answer).await;
-        } else {
-            let detected: BoxFuture<'_, ()> = Box::pin(self.detect.serve_connection(io, answer).map(drop));
-            detected.await;
+        // Served in the task's own memory: boxed, HTTP/1's state was one more allocation to reach on
+        // every wake-up, a few percent of a cached answer with hundreds of connections open.
+        let mut http1 = self.http1.serve_connection(TokioIo::new(stream), answer);
+        // Not shut down when done: the socket closes as it drops, and an HTTP/2 client's is kept.
+        match future::poll_fn(|cx| http1.poll_without_shutdown(cx)).await {
+            Err(error) if error.is_parse_version_h2() => {}
+            _ => return,
         }
+        let http1::Parts { io, read_buf, service, .. } = http1.into_parts();
+        let io = TokioIo::new(Replayed { first: read_buf, stream: io.into_inner() });
+        // Boxed: without a box rustc cannot prove the task `Send` ("higher-ranked lifetime error").
+        let http2: BoxFuture<'_, ()> = Box::pin(self.http2.serve_connection(io, service).map(drop));
+        http2.await;
     }
 }
 
-/// Whether a connection's first bytes show plain HTTP/1: anything but the start of the HTTP/2 client
-/// preface, "PRI * HTTP/2.0" (a method name reserved for that).
-async fn speaks_plain_http1(stream: &TcpStream) -> bool {
-    let mut start = [0u8; 3];
-    match stream.peek(&mut start).await {
-        Ok(seen) => seen > 0 && !b"PRI".starts_with(&start[..seen]),
-        Err(_) => false,
+/// A stream whose first bytes, read already, are read again: the HTTP/2 preface hyper's HTTP/1 server
+/// read before it found the connection was not its own.
+struct Replayed {
+    first: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Replayed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.first.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        let replayed = self.first.len().min(buf.remaining());
+        buf.put_slice(&self.first.split_to(replayed));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replayed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
