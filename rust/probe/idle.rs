@@ -25,8 +25,9 @@ pub struct Sweeper {
 }
 
 struct Tracked {
-    /// The connection's socket. Its task closes it and takes it off the list in one step (`Forget`),
-    /// on the thread that sweeps, so a sweep never asks about a number the kernel has given again.
+    /// The connection's socket. Its task closes it and takes it off the list in one drop (`Forget`),
+    /// on the listener's one thread, which also sweeps: a sweep never asks about a closed socket, whose
+    /// number the kernel may have given to another.
     socket: RawFd,
     task: AbortHandle,
 }
@@ -66,11 +67,13 @@ impl Sweeper {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let forget = Forget { sweeper: Arc::clone(self), key };
         let serving = serve(stream);
+        // Listed under the lock the task's `Forget` needs, so it cannot be taken off before it is on.
+        let mut connections = self.lock();
         let task = tokio::spawn(async move {
             let _forget = forget;
             serving.await;
         });
-        self.lock().insert(key, Tracked { socket, task: task.abort_handle() });
+        connections.insert(key, Tracked { socket, task: task.abort_handle() });
     }
 
     fn sweep(&self) {

@@ -196,14 +196,14 @@ async fn serve(listener: TcpListener, state: Arc<Listener>) {
         let _ = stream.set_nodelay(true);
         let protocols = Arc::clone(&protocols);
         let state = Arc::clone(&state);
-        let serve = move |stream| async move {
+        let serve_connection = move |stream| async move {
             protocols.serve(stream, state).await;
             drop(slot);
         };
         #[cfg(target_os = "linux")]
-        sweeper.spawn(stream, serve);
+        sweeper.spawn(stream, serve_connection);
         #[cfg(not(target_os = "linux"))]
-        tokio::spawn(serve(stream));
+        tokio::spawn(serve_connection(stream));
     }
 }
 
