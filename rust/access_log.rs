@@ -128,7 +128,8 @@ impl<W: Write + Send + 'static> AccessLog<W> {
         lines.push(b' ');
         // Integer arithmetic: float formatting costs more than the rest of the line (and 64 bits, not
         // `as_micros`' 128, whose division is a library call).
-        let millis = elapsed.as_secs() * 1000 + u64::from(elapsed.subsec_millis());
+        let millis =
+            elapsed.as_secs().saturating_mul(1000).saturating_add(u64::from(elapsed.subsec_millis()));
         lines.extend_from_slice(digits.format(millis).as_bytes());
         lines.push(b'.');
         push_three_digits(lines, elapsed.subsec_micros() % 1000);
@@ -264,6 +265,10 @@ mod tests {
         assert!(text.contains("GET /a 200 0.005ms\n"), "{text}");
         assert!(text.contains("GET /b 200 12.345ms\n"), "{text}");
         assert!(text.contains("GET /c 200 2007.001ms\n"), "{text}");
+        // Saturated as the metrics' histogram saturates, not overflowed.
+        log.record("GET", "/d", 200, Duration::MAX, Instant::now());
+        log.flush().unwrap();
+        assert!(sink.text().contains("GET /d 200 18446744073709551615.999ms\n"), "{}", sink.text());
     }
 
     #[test]
