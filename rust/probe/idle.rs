@@ -2,8 +2,8 @@
 //! timeout re-arms a timer for every request, and a timer per connection is polled at every wake-up of
 //! its task; both cost several percent of a cached answer with hundreds of connections open, and so
 //! did counting each read through a stream wrapper. Instead one `Sweeper` task per listener asks the
-//! kernel, twice a period, how long each connection's socket has received no data (`TCP_INFO`'s
-//! `tcpi_last_data_recv`), and closes those silent for a whole period. That frees the slot of a client
+//! kernel, every half of its limit, how long each connection's socket has received no data
+//! (`TCP_INFO`'s `tcpi_last_data_recv`), and closes those silent for the whole limit. That frees the slot of a client
 //! that stalls mid-request, idles on keep-alive, or has vanished. HTTP/2 clients answer the listener's
 //! pings, and those answers are data, so a connection only listening (a gRPC `Watch`) is kept.
 
