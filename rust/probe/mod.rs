@@ -7,6 +7,8 @@
 mod grpc;
 #[cfg(target_os = "linux")]
 mod idle;
+#[cfg(target_os = "linux")]
+mod socket;
 
 use std::convert::Infallible;
 use std::io;
@@ -46,6 +48,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(4);
 const MAX_STREAMS: u32 = 128;
 const BACKLOG: u32 = 1024;
+
+#[cfg(target_os = "linux")]
+use socket::Socket;
+/// Elsewhere, the stream as tokio reads and writes it (see `socket.rs`).
+#[cfg(not(target_os = "linux"))]
+type Socket = TcpStream;
 
 type ProbeBody = Either<Full<Bytes>, tonic::body::Body>;
 
@@ -114,7 +122,7 @@ impl Protocols {
         let answer = service_fn(move |request| answer(&state, request));
         // Served in the task's own memory: boxed, HTTP/1's state was one more allocation to reach on
         // every wake-up, a few percent of a cached answer with hundreds of connections open.
-        let mut http1 = self.http1.serve_connection(TokioIo::new(stream), answer);
+        let mut http1 = self.http1.serve_connection(TokioIo::new(Socket::from(stream)), answer);
         // Not shut down when done: the socket closes as it drops, and an HTTP/2 client's is kept.
         match future::poll_fn(|cx| http1.poll_without_shutdown(cx)).await {
             Err(error) if error.is_parse_version_h2() => {}
@@ -132,7 +140,7 @@ impl Protocols {
 /// read before it found the connection was not its own.
 struct Replayed {
     first: Bytes,
-    stream: TcpStream,
+    stream: Socket,
 }
 
 impl AsyncRead for Replayed {
