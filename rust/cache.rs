@@ -51,12 +51,22 @@ impl<T> TtlCache<T> {
         self.ttl
     }
 
-    /// The hot path: reads the fresh value through `read` without touching any reference count.
+    /// Reads the fresh value through `read` without touching any reference count.
     #[inline]
     pub fn read_fresh<R>(&self, read: impl FnOnce(&T) -> R) -> Option<R> {
+        self.read_fresh_at(Instant::now().into_std(), read)
+    }
+
+    /// The hot path: `read_fresh` as of `at`, an instant the caller has read anyway (a request's
+    /// arrival), sparing a clock read per request.
+    #[inline]
+    pub fn read_fresh_at<R>(&self, at: std::time::Instant, read: impl FnOnce(&T) -> R) -> Option<R> {
         let guard = self.slot.load();
         match guard.as_ref() {
-            Some(entry) if entry.born.elapsed() < self.ttl => Some(read(&entry.value)),
+            // An entry born after `at` (refreshed meanwhile by another thread) is as fresh as can be.
+            Some(entry) if Instant::from_std(at).saturating_duration_since(entry.born) < self.ttl => {
+                Some(read(&entry.value))
+            }
             _ => None,
         }
     }
@@ -153,6 +163,20 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(matches!(c.lookup(), Lookup::Missing));
         assert_eq!(c.newest().map(|e| e.value), Some(7), "the newest entry is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_is_judged_at_the_instant_given() {
+        let c = cache(30, 30);
+        let before_the_entry = Instant::now().into_std();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        c.insert(7);
+        assert_eq!(c.read_fresh_at(before_the_entry, |v| *v), Some(7), "born after the request arrived");
+        let arrived = Instant::now().into_std();
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert!(c.read_fresh(|v| *v).is_none());
+        assert_eq!(c.read_fresh_at(arrived, |v| *v), Some(7), "fresh when the request arrived");
+        assert!(c.read_fresh_at(arrived + Duration::from_millis(30), |v| *v).is_none());
     }
 
     #[test]

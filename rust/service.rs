@@ -247,6 +247,8 @@ pub enum Routed<'a> {
 pub struct Detailed<'a> {
     asks: Asks<'a>,
     head: bool,
+    /// When the request arrived: what a cached answer's freshness is judged against.
+    arrived: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -566,27 +568,27 @@ impl Service {
 
     // --- Answers -----------------------------------------------------------------------------------
 
-    /// Routes a request. Everything but readiness is answered here and now.
-    pub fn route<'a>(&self, method: &str, path: &'a str) -> Routed<'a> {
+    /// Routes a request that `arrived` then. Everything but readiness is answered here and now.
+    pub fn route<'a>(&self, method: &str, path: &'a str, arrived: Instant) -> Routed<'a> {
         let (endpoint, head) = match route(method, path) {
             Route::Serve { endpoint, head } => (endpoint, head),
             Route::MethodNotAllowed => return Routed::Reply(self.error(405)),
             Route::NotFound => return Routed::Reply(self.error(404)),
         };
         let response = match endpoint {
-            Endpoint::Health => self.health(),
+            Endpoint::Health => self.health(arrived),
             Endpoint::Live => self.live(),
             Endpoint::Startup if self.is_started() => Arc::clone(&self.started_up),
             Endpoint::Startup => Arc::clone(&self.starting),
-            Endpoint::Ready => return Routed::Detailed(Detailed { asks: Asks::Ready(None), head }),
+            Endpoint::Ready => return Routed::Detailed(Detailed { asks: Asks::Ready(None), head, arrived }),
             Endpoint::ReadyOne(name) => {
-                return Routed::Detailed(Detailed { asks: Asks::Ready(Some(name)), head })
+                return Routed::Detailed(Detailed { asks: Asks::Ready(Some(name)), head, arrived })
             }
             Endpoint::Metrics if self.metrics_on() => {
-                return Routed::Detailed(Detailed { asks: Asks::Metrics, head })
+                return Routed::Detailed(Detailed { asks: Asks::Metrics, head, arrived })
             }
             Endpoint::Metrics => return Routed::Reply(self.error(404)),
-            Endpoint::Status => return Routed::Detailed(Detailed { asks: Asks::Status, head }),
+            Endpoint::Status => return Routed::Detailed(Detailed { asks: Asks::Status, head, arrived }),
         };
         Routed::Reply(Reply { response, head })
     }
@@ -594,7 +596,7 @@ impl Service {
     /// The readiness of the kernel (`one` is `None`) or of one subsystem, as `/ready[/<one>]` asks,
     /// for callers that name it otherwise (gRPC health).
     pub fn readiness(one: Option<&str>) -> Detailed<'_> {
-        Detailed { asks: Asks::Ready(one), head: false }
+        Detailed { asks: Asks::Ready(one), head: false, arrived: Instant::now() }
     }
 
     /// The answer to a detailed request, waiting for the round in flight when a readiness request
@@ -635,7 +637,9 @@ impl Service {
             Ok(request) => request,
             Err(answered) => return Answer::Reply(answered),
         };
-        if let Some(hit) = self.ready.read_fresh(|entry| self.ready_reply(entry, &request)) {
+        if let Some(hit) =
+            self.ready.read_fresh_at(detailed.arrived, |entry| self.ready_reply(entry, &request))
+        {
             self.metrics.cache(CacheEndpoint::Ready, CacheResult::Hit);
             return Answer::Reply(hit);
         }
@@ -863,8 +867,8 @@ impl Service {
         })
     }
 
-    fn health(&self) -> Arc<Response> {
-        if let Some(hit) = self.health.read_fresh(Arc::clone) {
+    fn health(&self, arrived: Instant) -> Arc<Response> {
+        if let Some(hit) = self.health.read_fresh_at(arrived, Arc::clone) {
             self.metrics.cache(CacheEndpoint::Health, CacheResult::Hit);
             return hit;
         }
@@ -1116,13 +1120,18 @@ mod tests {
     }
 
     fn get(service: &Arc<Service>, path: &str, parts: Parts<'_>) -> Option<Reply> {
-        match service.route("GET", path) {
+        match service.route("GET", path, now()) {
             Routed::Reply(reply) => Some(reply),
             Routed::Detailed(detailed) => match service.answer(detailed, parts) {
                 Answer::Reply(reply) => Some(reply),
                 Answer::Wait => None,
             },
         }
+    }
+
+    /// A request's arrival now, on the test's clock (paused in most).
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
     /// Waits until no round is in flight.
@@ -1138,7 +1147,7 @@ mod tests {
     }
 
     fn readiness(service: &Service) -> Detailed<'static> {
-        match service.route("GET", "/ready") {
+        match service.route("GET", "/ready", now()) {
             Routed::Detailed(detailed) => detailed,
             Routed::Reply(_) => unreachable!("/ready is a readiness request"),
         }
@@ -1330,11 +1339,11 @@ mod tests {
         let unknown = get(&service, "/ready/nope", Parts::default()).unwrap();
         assert_eq!((unknown.status(), json(&unknown)["error"].clone()), (404, "Not Found".into()));
         assert_eq!(get(&service, "/nope", Parts::default()).unwrap().status(), 404);
-        let Routed::Reply(post) = service.route("POST", "/ready") else {
+        let Routed::Reply(post) = service.route("POST", "/ready", now()) else {
             panic!("a 405 is answered at once");
         };
         assert_eq!(post.status(), 405);
-        let Routed::Detailed(head) = service.route("HEAD", "/ready") else {
+        let Routed::Detailed(head) = service.route("HEAD", "/ready", now()) else {
             panic!("HEAD /ready is a readiness request");
         };
         let Answer::Reply(reply) = service.answer(head, Parts::default()) else {

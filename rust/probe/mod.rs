@@ -230,7 +230,7 @@ fn answer(state: &Arc<Listener>, request: Request<Incoming>) -> Answering {
     }
     let started = Instant::now();
     let (method, path) = (request.method().as_str(), request.uri().path());
-    let reply = match state.service.route(method, path) {
+    let reply = match state.service.route(method, path, started) {
         Routed::Reply(reply) => reply,
         Routed::Detailed(detailed) => match state.service.answer(detailed, parts(state, &request)) {
             Answer::Reply(reply) => reply,
@@ -246,7 +246,7 @@ fn answer(state: &Arc<Listener>, request: Request<Incoming>) -> Answering {
 /// old to serve).
 async fn wait_for_round(state: Arc<Listener>, request: Request<Incoming>, started: Instant) -> Answered {
     let (method, path) = (request.method().as_str(), request.uri().path());
-    let reply = match state.service.route(method, path) {
+    let reply = match state.service.route(method, path, started) {
         Routed::Detailed(detailed) => state.service.after_round(detailed, parts(&state, &request)).await,
         Routed::Reply(reply) => reply,
     };

@@ -111,8 +111,14 @@ impl Core {
         }))
     }
 
-    fn reply(&self, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> PyResult<Option<Reply>> {
-        let detailed = match self.service.route(method, path) {
+    fn reply(
+        &self,
+        method: &str,
+        path: &str,
+        scope: &Bound<'_, PyAny>,
+        arrived: Instant,
+    ) -> PyResult<Option<Reply>> {
+        let detailed = match self.service.route(method, path, arrived) {
             Routed::Reply(reply) => return Ok(Some(reply)),
             Routed::Detailed(detailed) => detailed,
         };
@@ -211,14 +217,14 @@ impl Core {
 
     /// A `(status, headers, body)`, or `None`: then await `ready_round()` and ask `route_latest`.
     fn route(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Routing {
-        self.reply(method, path, scope)?.map(|reply| self.python(py, &reply)).transpose()
+        self.reply(method, path, scope, Instant::now())?.map(|reply| self.python(py, &reply)).transpose()
     }
 
     /// `route`, timed: every answer it gives is counted in the metrics and, with the request log on,
     /// logged (the served RSGI path).
     fn serve(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Routing {
         let started = Instant::now();
-        let reply = self.reply(method, path, scope)?;
+        let reply = self.reply(method, path, scope, started)?;
         if let Some(reply) = &reply {
             let ended = Instant::now();
             self.finished(method, path, reply.status(), ended - started, ended);
@@ -264,7 +270,7 @@ impl Core {
 
     /// Answers a readiness request from the newest round, whatever its age: the one it waited for.
     fn route_latest(&self, py: Python<'_>, method: &str, path: &str, scope: &Bound<'_, PyAny>) -> Answered {
-        let Routed::Detailed(detailed) = self.service.route(method, path) else {
+        let Routed::Detailed(detailed) = self.service.route(method, path, Instant::now()) else {
             return Err(PyValueError::new_err(format!("{method} {path} is not a readiness request")));
         };
         let reply = self.with_parts(scope, |parts| self.service.ready_latest(detailed, parts))?;
