@@ -147,34 +147,35 @@ mod tests {
         (Socket::from(accepted), client)
     }
 
+    /// Reads from `socket` in a task of its own, checks that the read waits for the client, then
+    /// has the client send `sent` and checks that the read returns exactly that.
+    async fn waits_then_reads(socket: Socket, client: &mut TcpStream, sent: &[u8]) -> Socket {
+        let mut socket = socket;
+        let reading = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let n = socket.read(&mut buf).await.unwrap();
+            (buf[..n].to_vec(), socket)
+        });
+        tokio::task::yield_now().await;
+        assert!(!reading.is_finished(), "the read returned before the client sent anything");
+        client.write_all(sent).await.unwrap();
+        let (received, socket) = reading.await.unwrap();
+        assert_eq!(received, sent);
+        socket
+    }
+
     #[tokio::test]
     async fn a_drained_socket_waits_for_more_data_then_reads_it_and_then_the_end() {
         let (mut socket, mut client) = connected().await;
         client.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 5];
         // Exactly as much as there is: the socket still looks readable, and the next read finds it
         // drained (EAGAIN), which must mean "wait", not an error.
-        socket.read_exact(&mut buf[..5]).await.unwrap();
-        assert_eq!(&buf[..5], b"hello");
-        let reading = tokio::spawn(async move {
-            let n = socket.read(&mut buf).await.unwrap();
-            (buf[..n].to_vec(), socket)
-        });
-        tokio::task::yield_now().await;
-        assert!(!reading.is_finished());
-        client.write_all(b" world").await.unwrap();
-        let (more, mut socket) = reading.await.unwrap();
-        assert_eq!(more, b" world");
+        socket.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        let socket = waits_then_reads(socket, &mut client, b" world").await;
         // That read was short and cleared the readiness: this one waits as well.
-        let reading = tokio::spawn(async move {
-            let n = socket.read(&mut buf).await.unwrap();
-            (buf[..n].to_vec(), socket)
-        });
-        tokio::task::yield_now().await;
-        assert!(!reading.is_finished());
-        client.write_all(b"!").await.unwrap();
-        let (more, mut socket) = reading.await.unwrap();
-        assert_eq!(more, b"!");
+        let mut socket = waits_then_reads(socket, &mut client, b"!").await;
         drop(client);
         assert_eq!(socket.read(&mut buf).await.unwrap(), 0);
     }
