@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,9 @@ else:
 
 # manylinux2014: the oldest glibc our users' long-lived base images run (RHEL 7 and later).
 OLDEST_GLIBC = (2, 17)
-# Bounds each release build (zig's, or pip's from the sdist): about two minutes each on 2 idle cores.
-BUILD_TIMEOUT_S = 900
+# Bounds `make wheel` (two release builds and the training run between them: about five minutes on 2 idle
+# cores) and pip's build from the sdist (about two).
+BUILD_TIMEOUT_S = 1200
 # Bounds creating a venv or installing a wheel and its dependencies.
 INSTALL_TIMEOUT_S = 300
 # Only the system directories: no cargo, rustc or maturin to fall back on.
@@ -40,6 +42,15 @@ SYSTEM_PATH = ["/usr/bin", "/bin"]
 # the platform tag, the glibc symbols, a working install) does not depend on it, and each build takes two
 # thirds of the time (fat LTO is one long single-threaded link). `make wheel` itself builds as shipped.
 QUICK_RELEASE = {"CARGO_PROFILE_RELEASE_LTO": "off", "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16"}
+# The tests' profile-guided builds, kept apart from `make wheel`'s own (these are QUICK_RELEASE's).
+PGO_DIR = ROOT / "target" / "pgo-tests"
+# LLVM warns of each function of the optimised build the profile has no record of: the instrumented build's
+# functions must carry the same names, or the profile is silently ignored.
+WARN_MISSING_PROFILE = "-Cllvm-args=-pgo-warn-missing-function"
+
+
+# The first test to ask for the wheel waits for `make wheel` too, longer than pyproject's default timeout.
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S + 300)
 
 
 def cargo_version() -> str:
@@ -72,18 +83,54 @@ def install(venv_bin: Path, wheel: Path, env: dict[str, str]) -> None:
     subprocess.run(pip, check=True, env=env, timeout=INSTALL_TIMEOUT_S)
 
 
+@dataclass
+class WheelBuild:
+    dist: Path  # the wheel and the sdist
+    output: str  # what the build printed
+    profile: Path  # the profile it was optimised with
+
+
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make wheel`'s output, built once for this module's tests."""
+def wheel_build(tmp_path_factory: pytest.TempPathFactory) -> WheelBuild:
+    """`make wheel`, run once for this module's tests, as shipped: trained, then built with the profile."""
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        ["make", "-s", "wheel", f"DIST={dist}"],
+    built = subprocess.run(
+        ["make", "wheel", f"DIST={dist}", f"PGO_DIR={PGO_DIR}", f"PGO_RUSTFLAGS={WARN_MISSING_PROFILE}"],
         cwd=ROOT,
         env={**os.environ, **QUICK_RELEASE},
-        check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         timeout=BUILD_TIMEOUT_S,
     )
-    return dist
+    assert built.returncode == 0, built.stdout[-20000:]
+    (profile,) = PGO_DIR.glob("phoenix-*.profdata")
+    return WheelBuild(dist, built.stdout, profile)
+
+
+@pytest.fixture(scope="module")
+def dist(wheel_build: WheelBuild) -> Path:
+    return wheel_build.dist
+
+
+def llvm_tool(name: str) -> str:
+    """The LLVM tool of rustc's LLVM version, as the Makefile installs it for PGO."""
+    version = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    major = re.search(r"^LLVM version: (\d+)", version, re.MULTILINE)
+    assert major, version
+    return f"/usr/lib/llvm-{major[1]}/bin/{name}"
+
+
+def covered_functions(profile: Path) -> list[str]:
+    """The (mangled) names of the functions the training run entered, as the profile records them."""
+    shown = subprocess.run(
+        [llvm_tool("llvm-profdata"), "show", "--covered", str(profile)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    return shown.stdout.splitlines()
 
 
 def test_the_version_has_one_home_in_cargo_toml() -> None:
@@ -96,6 +143,26 @@ def test_the_version_has_one_home_in_cargo_toml() -> None:
     assert importlib.metadata.version("phoenix-kernel") == cargo_version()
     assert phoenix.__version__ == cargo_version()
     assert _core.__version__ == cargo_version()
+
+
+@pytest.mark.slow
+def test_the_wheel_is_optimised_with_a_profile_of_every_kind_of_request(wheel_build: WheelBuild) -> None:
+    # The wheel was built with the profile (make prints the command), and the profile reached every
+    # function: none of its names differs between the instrumented build and this one.
+    assert f"-Cprofile-use={wheel_build.profile} " in wheel_build.output, wheel_build.output[-20000:]
+    assert "no profile data available" not in wheel_build.output, wheel_build.output[-20000:]
+    covered = covered_functions(wheel_build.profile)
+    # Parts of mangled names (Rust's legacy mangling: lengths before names, ".." for "::"), each found only
+    # in functions of one way in.
+    trained = {
+        "routing, both ports": "7service7Service5route",
+        "the main port, through Granian": "6python4Core18__pymethod_serve__",
+        "the probe port over HTTP/1.1": "_core..probe..socket..Socket",
+        "the probe port over h2c": "_core..probe..Replayed",
+        "gRPC health": "_core..probe..grpc..Health",
+    }
+    for what, part in trained.items():
+        assert any(part in name for name in covered), f"the training never reached {what} ({part})"
 
 
 @pytest.mark.slow
