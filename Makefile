@@ -81,7 +81,7 @@ PGO_DIR := $(CURDIR)/target/pgo
 LLVM_MAJOR = $(shell rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 LLVM_PROFDATA = /usr/lib/llvm-$(LLVM_MAJOR)/bin/llvm-profdata
 # PGO_RUSTFLAGS: more flags for the optimised build (tests/test_wheel.py asks LLVM to warn of any
-# function the profile lacks).
+# function the profile lacks); PGO_TRAIN_ARGS: pgo_train.py's (the test's training is shorter).
 PGO_USE = CARGO_TARGET_DIR=$(PGO_DIR)/optimised \
 	RUSTFLAGS="-Cprofile-use=$(wildcard $(PGO_DIR)/phoenix-*.profdata) $(PGO_RUSTFLAGS)"
 
@@ -95,7 +95,7 @@ pgo-profile: deps
 	test -x $(PGO_DIR)/venv/bin/python || python3 -m venv $(PGO_DIR)/venv
 	$(PGO_DIR)/venv/bin/python -m pip install -q --force-reinstall --no-deps $(PGO_DIR)/instrumented-wheel/*.whl
 	$(PGO_DIR)/venv/bin/python -m pip install -q $(PGO_DIR)/instrumented-wheel/*.whl
-	python benches/pgo_train.py --phoenix $(PGO_DIR)/venv/bin/phoenix --profiles $(PGO_DIR)/raw
+	python benches/pgo_train.py --phoenix $(PGO_DIR)/venv/bin/phoenix --profiles $(PGO_DIR)/raw $(PGO_TRAIN_ARGS)
 	$(LLVM_PROFDATA) merge -o $(PGO_DIR)/merged.profdata $(PGO_DIR)/raw
 	mv $(PGO_DIR)/merged.profdata $(PGO_DIR)/phoenix-$$(sha256sum $(PGO_DIR)/merged.profdata | cut -c1-16).profdata
 

@@ -1,7 +1,7 @@
 """The training run of profile-guided optimisation (PGO): the workload `make wheel` and `make develop-pgo`
 optimise the core for.
 
-    python benches/pgo_train.py --phoenix VENV/bin/phoenix --profiles DIR
+    python benches/pgo_train.py --phoenix VENV/bin/phoenix --profiles DIR [--seconds N]
 
 ``VENV`` holds a core built with ``-Cprofile-generate=DIR``. This serves the default kernel with it, a
 main port and a probe port, and loads both as `make bench-http` does (wrk and h2load, pinned cores), most
@@ -9,7 +9,8 @@ of all the probe port's ``/health`` at 500 connections, the answer Phoenix exist
 ``/ready``, ``/live``, the other routes and errors, h2c and gRPC, so that no path users meet is left
 untrained, which the compiler would take for cold code and optimise for size. The server is then stopped
 with SIGTERM, so that each of its processes writes its profile (LLVM's runtime writes it at exit), and
-the run fails unless DIR holds them.
+the run fails unless DIR holds them. ``--seconds N`` runs each load for at most N seconds: the same
+paths in a shorter run, for tests of the build.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def grpc_checks(port: int) -> None:
         watch.cancel()
 
 
-def train(phoenix: Path, profiles: Path) -> None:
+def train(phoenix: Path, profiles: Path, most_seconds: int | None) -> None:
     prepare_load_run(CONNECTIONS)
     ensure_apt("h2load", "nghttp2-client")
     with tempfile.TemporaryDirectory(prefix="phoenix-pgo-") as tmp:
@@ -103,8 +104,10 @@ def train(phoenix: Path, profiles: Path) -> None:
             server.wait_ready()
             ports = {listener.name: listener.port for listener in server.listeners}
             for name, endpoint, connections, seconds in HTTP1_LOAD:
+                seconds = min(seconds, most_seconds or seconds)
                 wrk(f"http://{HOST}:{ports[name]}{endpoint}", connections, seconds, server)
             for name, endpoint, connections, seconds in H2_LOAD:
+                seconds = min(seconds, most_seconds or seconds)
                 h2load(f"http://{HOST}:{ports[name]}{endpoint}", connections, seconds, server)
             grpc_checks(ports[PROBE])
             server.check_alive()
@@ -125,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         "--phoenix", type=Path, required=True, help="the instrumented build's phoenix command"
     )
     parser.add_argument("--profiles", type=Path, required=True, help="the -Cprofile-generate directory")
+    parser.add_argument("--seconds", type=int, help="the longest any load runs (default: each its own)")
     args = parser.parse_args(argv)
-    train(args.phoenix, args.profiles)
+    train(args.phoenix, args.profiles, args.seconds)
     return 0
 
 
