@@ -74,9 +74,10 @@ wheel: deps $(if $(filter 1,$(PGO)),pgo-profile)
 # it, the probe port's /health most); then built again, dependencies included, with the merged profile
 # (-Cprofile-use). LLVM finds a function's counts by a name that carries the crate's build options, so both
 # builds are zig's; the instrumented one is linked by the system's linker (zig takes rustc's
-# `-u __llvm_profile_runtime` for a file), so its glibc is this machine's and it is not audited. llvm-profdata must read what rustc's LLVM writes: Debian's llvm-N for rustc's
-# LLVM major N (installed with apt-get when missing). Each profile is named by its hash, so that cargo
-# rebuilds whenever it changes.
+# `-u __llvm_profile_runtime` for a file), so its glibc is this machine's and it is not audited. Each
+# training starts from an empty raw/ and its profile is named by its hash, so that cargo rebuilds whenever
+# it changes. llvm-profdata must read what rustc's LLVM writes: Debian's llvm-N for rustc's LLVM major N
+# (installed with apt-get when missing).
 PGO_DIR := $(CURDIR)/target/pgo
 LLVM_MAJOR = $(shell rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 LLVM_PROFDATA = /usr/lib/llvm-$(LLVM_MAJOR)/bin/llvm-profdata
