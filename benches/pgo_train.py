@@ -29,17 +29,18 @@ from http_harness import (
     ListenerSpec,
     ServerSpec,
     ensure_apt,
-    h2load,
+    load,
     log,
     prepare_load_run,
     running,
-    wrk,
 )
 
 MAIN = "phoenix main port"
 PROBE = "phoenix probe port"
-# (listener, endpoint, connections, seconds) for wrk: the probe port's /health weighs most, as it should.
-HTTP1_LOAD = [
+PROBE_H2 = "phoenix probe port (h2c)"
+# (listener, endpoint, connections, seconds), loaded by wrk or, over h2c, h2load: the probe port's /health
+# weighs most, as it should.
+LOAD = [
     (PROBE, "/health", 500, 8),
     (PROBE, "/health", 50, 3),
     (PROBE, "/health", 1, 1),
@@ -56,12 +57,13 @@ HTTP1_LOAD = [
     (MAIN, "/live", 50, 1),
     (MAIN, "/metrics", 10, 1),
     (MAIN, "/no-such-route", 50, 1),
+    (PROBE_H2, "/health", 50, 2),
+    (PROBE_H2, "/ready", 50, 1),
 ]
-H2_LOAD = [(PROBE, "/health", 50, 2), (PROBE, "/ready", 50, 1)]
 GRPC_CHECKS = 2000
 PORTS = ["--port", "{port}", "--probe-port", "{probe_port}"]
 SPAWN_WORKERS = 'import multiprocessing\n\nmultiprocessing.set_start_method("spawn")\n'
-CONNECTIONS = max(connections for _listener, _endpoint, connections, _seconds in HTTP1_LOAD)
+CONNECTIONS = max(connections for _listener, _endpoint, connections, _seconds in LOAD)
 
 
 def grpc_checks(port: int) -> None:
@@ -97,19 +99,15 @@ def train(phoenix: Path, profiles: Path, most_seconds: int | None) -> None:
             cwd=workdir,
             more_listeners=[
                 ListenerSpec(PROBE, ["/health", "/ready"], "probe", "probe_port"),
-                ListenerSpec(f"{PROBE} (h2c)", ["/health"], "h2", "probe_port", http2=True),
+                ListenerSpec(PROBE_H2, ["/health"], "h2", "probe_port", http2=True),
             ],
         )
         with running(spec, workdir) as server:
             server.wait_ready()
-            ports = {listener.name: listener.port for listener in server.listeners}
-            for name, endpoint, connections, seconds in HTTP1_LOAD:
-                seconds = min(seconds, most_seconds or seconds)
-                wrk(f"http://{HOST}:{ports[name]}{endpoint}", connections, seconds, server)
-            for name, endpoint, connections, seconds in H2_LOAD:
-                seconds = min(seconds, most_seconds or seconds)
-                h2load(f"http://{HOST}:{ports[name]}{endpoint}", connections, seconds, server)
-            grpc_checks(ports[PROBE])
+            listeners = {listener.name: listener for listener in server.listeners}
+            for name, endpoint, connections, seconds in LOAD:
+                load(listeners[name], endpoint, connections, min(seconds, most_seconds or seconds))
+            grpc_checks(listeners[PROBE].port)
             server.check_alive()
             log("training load done; stopping the server so that it writes its profiles")
         if server.proc.returncode != 0:
